@@ -1,0 +1,66 @@
+//! One table from domain errors to gRPC status codes. Each service's error enum says which kind
+//! of failure it is; this module alone decides what a client sees.
+use tonic::{Code, Status};
+
+/// What went wrong, in the terms a caller can act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The request itself is wrong: fix it before sending it again.
+    InvalidArgument,
+    /// The named resource does not exist.
+    NotFound,
+    /// The resource exists but is in a state that forbids the call.
+    FailedPrecondition,
+    /// Try again later: nothing was decided.
+    Unavailable,
+    /// A bug or a broken dependency on our side.
+    Internal,
+}
+
+impl ErrorKind {
+    pub fn code(self) -> Code {
+        match self {
+            ErrorKind::InvalidArgument => Code::InvalidArgument,
+            ErrorKind::NotFound => Code::NotFound,
+            ErrorKind::FailedPrecondition => Code::FailedPrecondition,
+            ErrorKind::Unavailable => Code::Unavailable,
+            ErrorKind::Internal => Code::Internal,
+        }
+    }
+}
+
+/// Implemented by each service's error enum.
+pub trait Classify: std::error::Error {
+    fn kind(&self) -> ErrorKind;
+}
+
+/// Turns a domain error into the status a client receives; internal details are logged, not sent.
+pub fn to_status<E: Classify>(err: &E) -> Status {
+    let kind = err.kind();
+    if kind == ErrorKind::Internal {
+        tracing::error!(error = %err, "internal error");
+        return Status::internal("internal error; see the service log");
+    }
+    Status::new(kind.code(), err.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("secret detail")]
+    struct Boom;
+    impl Classify for Boom {
+        fn kind(&self) -> ErrorKind {
+            ErrorKind::Internal
+        }
+    }
+
+    #[test]
+    fn internal_errors_hide_their_detail() {
+        let status = to_status(&Boom);
+        assert_eq!(status.code(), Code::Internal);
+        assert!(!status.message().contains("secret"));
+    }
+}

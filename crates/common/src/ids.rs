@@ -1,0 +1,67 @@
+//! Resource ids: a kind prefix and a UUID, so a misplaced id is caught with a helpful message.
+use uuid::Uuid;
+
+use crate::validate::ValidationError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdKind {
+    Order,
+    Payment,
+    Shipment,
+}
+
+impl IdKind {
+    pub const fn prefix(self) -> &'static str {
+        match self {
+            IdKind::Order => "ord-",
+            IdKind::Payment => "pay-",
+            IdKind::Shipment => "shp-",
+        }
+    }
+
+    /// A fresh id of this kind.
+    pub fn generate(self) -> String {
+        format!("{}{}", self.prefix(), Uuid::new_v4())
+    }
+
+    /// Checks that `value` is an id of this kind; `field` names it in the error.
+    pub fn check(self, field: &'static str, value: &str) -> Result<(), ValidationError> {
+        if value.is_empty() {
+            return Err(ValidationError::new(field, "is required"));
+        }
+        let well_formed = value
+            .strip_prefix(self.prefix())
+            .is_some_and(|rest| Uuid::try_parse(rest).is_ok());
+        if well_formed {
+            return Ok(());
+        }
+        Err(ValidationError::new(
+            field,
+            format!(
+                "must look like '{}' followed by a UUID, got '{}'",
+                self.prefix(),
+                crate::validate::shorten(value)
+            ),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_ids_check() {
+        for kind in [IdKind::Order, IdKind::Payment, IdKind::Shipment] {
+            assert!(kind.check("id", &kind.generate()).is_ok());
+        }
+    }
+
+    #[test]
+    fn wrong_kind_or_shape_is_refused() {
+        let order = IdKind::Order.generate();
+        assert!(IdKind::Payment.check("payment_id", &order).is_err());
+        assert!(IdKind::Order.check("order_id", "ord-123").is_err());
+        assert!(IdKind::Order.check("order_id", "").is_err());
+    }
+}

@@ -1,0 +1,251 @@
+//! The gRPC server bootstrap every service shares: health (overall and per service), reflection
+//! v1 and v1alpha, and a graceful shutdown that turns health NOT_SERVING first.
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tonic::body::Body;
+use tonic::server::NamedService;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::config::{self, EXIT_BAD_CONFIG, Settings};
+
+/// How a service drains on SIGTERM.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownSettings {
+    /// Time between turning health NOT_SERVING and refusing new calls, in milliseconds, so that
+    /// load balancers and probes see the change first.
+    pub drain_delay_ms: u64,
+    /// How long in-flight calls may still run after that, in seconds.
+    pub grace_period_secs: u64,
+}
+
+impl Default for ShutdownSettings {
+    fn default() -> Self {
+        Self {
+            drain_delay_ms: 500,
+            grace_period_secs: 10,
+        }
+    }
+}
+
+/// The settings of a service binary, `F` being its kind of faults.
+/// Variables: `<PREFIX>_LISTEN_ADDR`, `<PREFIX>_SHUTDOWN__DRAIN_DELAY_MS`,
+/// `<PREFIX>_SHUTDOWN__GRACE_PERIOD_SECS`, `<PREFIX>_FAULTS__<FIELD>`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServiceSettings<F> {
+    /// Address to listen on; `0.0.0.0` and the service's own port when unset.
+    pub listen_addr: Option<SocketAddr>,
+    /// Drain and grace periods.
+    pub shutdown: ShutdownSettings,
+    /// Injected latency, transient errors and (payment, shipping) business failures.
+    pub faults: F,
+}
+
+impl<F: FaultSettings> Settings for ServiceSettings<F> {
+    fn check(&self) -> Result<(), String> {
+        self.faults.check()
+    }
+}
+
+/// Fault settings that can check themselves.
+pub trait FaultSettings: serde::de::DeserializeOwned + Default {
+    fn check(&self) -> Result<(), String>;
+}
+
+impl FaultSettings for crate::faults::TransientFaults {
+    fn check(&self) -> Result<(), String> {
+        crate::faults::TransientFaults::check(self)
+    }
+}
+
+impl FaultSettings for crate::faults::BusinessFaults {
+    fn check(&self) -> Result<(), String> {
+        crate::faults::BusinessFaults::check(self)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot build the reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves `service` on `listener` until `shutdown` resolves, then drains and returns.
+pub async fn serve<S>(
+    service: S,
+    listener: TcpListener,
+    settings: ShutdownSettings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError>
+where
+    S: tower_service::Service<
+            http::Request<Body>,
+            Response = http::Response<Body>,
+            Error = Infallible,
+        > + NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let (reporter, health) = tonic_health::server::health_reporter();
+    let reflection = crate::server::reflection(S::NAME)?;
+    let reflection_alpha = reflection_alpha(S::NAME)?;
+    // The listener is bound and the store is ready: only now say so.
+    set_status(&reporter, S::NAME, ServingStatus::Serving).await;
+    let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
+    let drain_delay = Duration::from_millis(settings.drain_delay_ms);
+    let signal_reporter = reporter.clone();
+    let stop_accepting = async move {
+        shutdown.await;
+        set_status(&signal_reporter, S::NAME, ServingStatus::NotServing).await;
+        tracing::info!(?drain_delay, "health NOT_SERVING; draining");
+        tokio::time::sleep(drain_delay).await;
+        let _ = drained_tx.send(());
+    };
+    let server = Server::builder()
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(reflection_alpha)
+        .add_service(service)
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener), stop_accepting);
+    let grace = Duration::from_secs(settings.grace_period_secs);
+    let grace_over = async move {
+        if drained_rx.await.is_ok() {
+            tokio::time::sleep(grace).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        result = server => result?,
+        () = grace_over => tracing::warn!(?grace, "grace period over; dropping calls still in flight"),
+    }
+    tracing::info!("server stopped");
+    Ok(())
+}
+
+async fn set_status(reporter: &HealthReporter, service: &str, status: ServingStatus) {
+    // The overall entry "" follows the service: tonic-health starts it SERVING on its own.
+    reporter.set_service_status("", status).await;
+    reporter.set_service_status(service, status).await;
+}
+
+fn reflection_builder(service: &str) -> tonic_reflection::server::Builder<'static> {
+    // Name the services so reflection lists only what this server serves, not every service
+    // in the shared descriptor set.
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(saga_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
+        .include_reflection_service(false)
+        .with_service_name(service)
+        .with_service_name("grpc.health.v1.Health")
+        .with_service_name("grpc.reflection.v1.ServerReflection")
+        .with_service_name("grpc.reflection.v1alpha.ServerReflection")
+}
+
+fn reflection(
+    service: &str,
+) -> Result<
+    tonic_reflection::server::v1::ServerReflectionServer<
+        impl tonic_reflection::server::v1::ServerReflection,
+    >,
+    tonic_reflection::server::Error,
+> {
+    reflection_builder(service).build_v1()
+}
+
+fn reflection_alpha(
+    service: &str,
+) -> Result<
+    tonic_reflection::server::v1alpha::ServerReflectionServer<
+        impl tonic_reflection::server::v1alpha::ServerReflection,
+    >,
+    tonic_reflection::server::Error,
+> {
+    reflection_builder(service).build_v1alpha()
+}
+
+/// Command line of a service binary.
+#[derive(Debug, clap::Parser)]
+#[command(version)]
+struct ServiceCli {
+    /// Optional settings file (TOML); environment variables override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
+}
+
+/// The whole life of a service binary: settings, telemetry, bind, serve, drain, flush.
+/// `env_prefix` names its environment variables, `default_port` is used when
+/// `listen_addr` is unset; `make` builds the gRPC service from settings.
+pub async fn run_service<F, S>(
+    name: &str,
+    env_prefix: &str,
+    default_port: u16,
+    make: impl FnOnce(&ServiceSettings<F>) -> S,
+) -> ExitCode
+where
+    F: FaultSettings,
+    S: tower_service::Service<
+            http::Request<Body>,
+            Response = http::Response<Body>,
+            Error = Infallible,
+        > + NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    use clap::Parser;
+    let cli = ServiceCli::parse();
+    let settings: ServiceSettings<F> = match config::load(env_prefix, cli.config.as_deref()) {
+        Ok(settings) => settings,
+        Err(err) => {
+            eprintln!("{name}: {err}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    let _telemetry = crate::telemetry::init(name);
+    let addr = settings
+        .listen_addr
+        .unwrap_or(SocketAddr::from(([0, 0, 0, 0], default_port)));
+    let listener = match TcpListener::bind(addr).await {
+        Ok(listener) => listener,
+        Err(err) => {
+            tracing::error!(%addr, %err, "cannot listen; is another process using the port?");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(%addr, service = S::NAME, "listening");
+    let service = make(&settings);
+    match serve(
+        service,
+        listener,
+        settings.shutdown.clone(),
+        crate::shutdown::signal(),
+    )
+    .await
+    {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(%err, "server failed");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! gRPC adapter: proto in, domain call, proto out. No business rules here.
+use std::sync::Arc;
+
+use saga_common::error::to_status;
+use saga_common::faults::{TransientFaults, guarded};
+use saga_proto::order::v1 as pb;
+use saga_proto::order::v1::order_service_server::{OrderService, OrderServiceServer};
+use tonic::{Request, Response, Status};
+
+use crate::OrderSettings;
+use crate::orders::{LineItem, NewOrder, Order, OrderError, OrderStatus, Orders};
+
+/// The OrderService implementation.
+#[derive(Debug, Clone)]
+pub struct OrderApi {
+    orders: Arc<Orders>,
+    faults: TransientFaults,
+}
+
+impl OrderApi {
+    pub fn new(orders: Arc<Orders>, faults: TransientFaults) -> Self {
+        Self { orders, faults }
+    }
+
+    /// A server with a fresh in-memory book, as the binary runs it.
+    pub fn server(settings: &OrderSettings) -> OrderServiceServer<Self> {
+        OrderServiceServer::new(Self::new(Arc::default(), settings.faults.clone()))
+    }
+}
+
+fn reply(result: Result<Order, OrderError>) -> Result<pb::Order, Status> {
+    result.map(pb::Order::from).map_err(|err| to_status(&err))
+}
+
+#[tonic::async_trait]
+impl OrderService for OrderApi {
+    #[tracing::instrument(skip_all)]
+    async fn create_order(
+        &self,
+        request: Request<pb::CreateOrderRequest>,
+    ) -> Result<Response<pb::CreateOrderResponse>, Status> {
+        let req = request.into_inner();
+        let new = NewOrder {
+            idempotency_key: req.idempotency_key,
+            user_id: req.user_id,
+            currency: req.currency,
+            items: req.items.into_iter().map(LineItem::from).collect(),
+        };
+        guarded(&self.faults, || {
+            let order = reply(self.orders.create(new))?;
+            Ok(pb::CreateOrderResponse { order: Some(order) })
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn cancel_order(
+        &self,
+        request: Request<pb::CancelOrderRequest>,
+    ) -> Result<Response<pb::CancelOrderResponse>, Status> {
+        let req = request.into_inner();
+        guarded(&self.faults, || {
+            let order = reply(self.orders.cancel(&req.order_id, &req.reason))?;
+            Ok(pb::CancelOrderResponse { order: Some(order) })
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn approve_order(
+        &self,
+        request: Request<pb::ApproveOrderRequest>,
+    ) -> Result<Response<pb::ApproveOrderResponse>, Status> {
+        let req = request.into_inner();
+        guarded(&self.faults, || {
+            let order = reply(self.orders.approve(&req.order_id))?;
+            Ok(pb::ApproveOrderResponse { order: Some(order) })
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn get_order(
+        &self,
+        request: Request<pb::GetOrderRequest>,
+    ) -> Result<Response<pb::GetOrderResponse>, Status> {
+        let req = request.into_inner();
+        guarded(&self.faults, || {
+            let order = reply(self.orders.get(&req.order_id))?;
+            Ok(pb::GetOrderResponse { order: Some(order) })
+        })
+        .await
+    }
+}
+
+impl From<pb::LineItem> for LineItem {
+    fn from(item: pb::LineItem) -> Self {
+        Self {
+            sku: item.sku,
+            quantity: item.quantity,
+            unit_price_minor: item.unit_price_minor,
+        }
+    }
+}
+
+impl From<Order> for pb::Order {
+    fn from(order: Order) -> Self {
+        let status = match order.status {
+            OrderStatus::Pending => pb::OrderStatus::Pending,
+            OrderStatus::Approved => pb::OrderStatus::Approved,
+            OrderStatus::Cancelled => pb::OrderStatus::Cancelled,
+        };
+        Self {
+            order_id: order.id,
+            user_id: order.user_id,
+            currency: order.currency,
+            items: order
+                .items
+                .into_iter()
+                .map(|item| pb::LineItem {
+                    sku: item.sku,
+                    quantity: item.quantity,
+                    unit_price_minor: item.unit_price_minor,
+                })
+                .collect(),
+            total_minor: order.total_minor,
+            status: status.into(),
+            cancel_reason: order.cancel_reason.unwrap_or_default(),
+            idempotency_key: order.idempotency_key,
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! The order service: orders are PENDING while their saga runs, then APPROVED or CANCELLED.
+//! `orders` is the domain (plain Rust), `api` the gRPC adapter.
+
+pub mod api;
+pub mod orders;
+
+pub use api::OrderApi;
+
+/// Settings of the order service: `ORDER_*` variables.
+pub type OrderSettings = saga_common::server::ServiceSettings<saga_common::faults::TransientFaults>;
+
+/// The port the service listens on unless `listen_addr` says otherwise.
+pub const DEFAULT_PORT: u16 = 50051;

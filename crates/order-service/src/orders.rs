@@ -1,0 +1,380 @@
+//! Orders: creation with an idempotency key, and the PENDING → APPROVED | CANCELLED lifecycle.
+use saga_common::store::Transition;
+use saga_common::validate::{self, ValidationError};
+use saga_common::{Classify, ErrorKind, IdKind, MemoryRepository, Record, Repository, StoreError};
+
+/// Longest user id, sku and idempotency key accepted.
+pub const MAX_ID_LEN: usize = 128;
+pub const MAX_SKU_LEN: usize = 64;
+/// Most lines in one order.
+pub const MAX_ITEMS: usize = 100;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrderStatus {
+    Pending,
+    Approved,
+    Cancelled,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LineItem {
+    pub sku: String,
+    pub quantity: u32,
+    pub unit_price_minor: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Order {
+    pub id: String,
+    pub idempotency_key: String,
+    pub user_id: String,
+    pub currency: String,
+    pub items: Vec<LineItem>,
+    pub total_minor: i64,
+    pub status: OrderStatus,
+    pub cancel_reason: Option<String>,
+}
+
+impl Record for Order {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn key(&self) -> &str {
+        &self.idempotency_key
+    }
+}
+
+/// What a client asks for in CreateOrder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewOrder {
+    pub idempotency_key: String,
+    pub user_id: String,
+    pub currency: String,
+    pub items: Vec<LineItem>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OrderError {
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    #[error("order {0} not found")]
+    NotFound(String),
+    #[error(
+        "idempotency key '{0}' was already used for a different order; use a new key for a new order"
+    )]
+    KeyReused(String),
+    #[error("order {id} is {from:?} and cannot be {action}")]
+    IllegalTransition {
+        id: String,
+        from: OrderStatus,
+        action: &'static str,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Classify for OrderError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            OrderError::Invalid(_) => ErrorKind::InvalidArgument,
+            OrderError::NotFound(_) => ErrorKind::NotFound,
+            OrderError::KeyReused(_) | OrderError::IllegalTransition { .. } => {
+                ErrorKind::FailedPrecondition
+            }
+            OrderError::Store(_) => ErrorKind::Unavailable,
+        }
+    }
+}
+
+impl NewOrder {
+    /// Checks every field and returns the order's total.
+    pub fn validate(&self) -> Result<i64, ValidationError> {
+        validate::text("idempotency_key", &self.idempotency_key, MAX_ID_LEN)?;
+        validate::text("user_id", &self.user_id, MAX_ID_LEN)?;
+        validate::currency("currency", &self.currency)?;
+        if self.items.is_empty() {
+            return Err(ValidationError::new("items", "must hold at least one line"));
+        }
+        if self.items.len() > MAX_ITEMS {
+            return Err(ValidationError::new(
+                "items",
+                format!(
+                    "must hold at most {MAX_ITEMS} lines, got {}",
+                    self.items.len()
+                ),
+            ));
+        }
+        let mut total: i64 = 0;
+        for item in &self.items {
+            validate::text("items.sku", &item.sku, MAX_SKU_LEN)?;
+            if item.quantity == 0 {
+                return Err(ValidationError::new("items.quantity", "must be at least 1"));
+            }
+            validate::positive_amount("items.unit_price_minor", item.unit_price_minor)?;
+            total = item
+                .unit_price_minor
+                .checked_mul(i64::from(item.quantity))
+                .and_then(|line| total.checked_add(line))
+                .ok_or_else(|| {
+                    ValidationError::new("items", "make a total too large to represent")
+                })?;
+        }
+        Ok(total)
+    }
+}
+
+/// The order book over a repository.
+#[derive(Debug, Default)]
+pub struct Orders<R = MemoryRepository<Order>> {
+    repo: R,
+}
+
+impl Orders {
+    /// An order book kept in memory.
+    pub fn in_memory() -> Self {
+        Self::default()
+    }
+}
+
+impl<R: Repository<Order>> Orders<R> {
+    pub fn new(repo: R) -> Self {
+        Self { repo }
+    }
+
+    /// Creates a PENDING order, or returns the one created earlier with the same key.
+    pub fn create(&self, new: NewOrder) -> Result<Order, OrderError> {
+        let total_minor = new.validate()?;
+        let candidate = Order {
+            id: IdKind::Order.generate(),
+            idempotency_key: new.idempotency_key,
+            user_id: new.user_id,
+            currency: new.currency,
+            items: new.items,
+            total_minor,
+            status: OrderStatus::Pending,
+            cancel_reason: None,
+        };
+        let (stored, inserted) = self.repo.insert_or_get(candidate.clone())?;
+        let same_body = stored.user_id == candidate.user_id
+            && stored.currency == candidate.currency
+            && stored.items == candidate.items;
+        if !inserted && !same_body {
+            return Err(OrderError::KeyReused(stored.idempotency_key));
+        }
+        if inserted {
+            tracing::info!(order_id = %stored.id, total_minor, "order created");
+        }
+        Ok(stored)
+    }
+
+    /// PENDING → CANCELLED; CANCELLED stays; APPROVED is refused.
+    pub fn cancel(&self, id: &str, reason: &str) -> Result<Order, OrderError> {
+        IdKind::Order.check("order_id", id)?;
+        let reason = validate::shorten(reason);
+        self.transition(id, &mut |order: &Order| match order.status {
+            OrderStatus::Pending => Ok(Some(Order {
+                status: OrderStatus::Cancelled,
+                cancel_reason: Some(reason.clone()),
+                ..order.clone()
+            })),
+            OrderStatus::Cancelled => Ok(None),
+            OrderStatus::Approved => Err(illegal(order, "cancelled")),
+        })
+        .inspect(|order| tracing::info!(order_id = %order.id, "order cancelled"))
+    }
+
+    /// PENDING → APPROVED; APPROVED stays; CANCELLED is refused.
+    pub fn approve(&self, id: &str) -> Result<Order, OrderError> {
+        IdKind::Order.check("order_id", id)?;
+        self.transition(id, &mut |order: &Order| match order.status {
+            OrderStatus::Pending => Ok(Some(Order {
+                status: OrderStatus::Approved,
+                ..order.clone()
+            })),
+            OrderStatus::Approved => Ok(None),
+            OrderStatus::Cancelled => Err(illegal(order, "approved")),
+        })
+        .inspect(|order| tracing::info!(order_id = %order.id, "order approved"))
+    }
+
+    pub fn get(&self, id: &str) -> Result<Order, OrderError> {
+        IdKind::Order.check("order_id", id)?;
+        self.repo
+            .get(id)?
+            .ok_or_else(|| OrderError::NotFound(id.to_owned()))
+    }
+
+    fn transition(
+        &self,
+        id: &str,
+        transition: Transition<'_, Order, OrderError>,
+    ) -> Result<Order, OrderError> {
+        self.repo
+            .update(id, transition)?
+            .ok_or_else(|| OrderError::NotFound(id.to_owned()))
+    }
+}
+
+fn illegal(order: &Order, action: &'static str) -> OrderError {
+    OrderError::IllegalTransition {
+        id: order.id.clone(),
+        from: order.status,
+        action,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_order(key: &str) -> NewOrder {
+        NewOrder {
+            idempotency_key: key.into(),
+            user_id: "alice".into(),
+            currency: "EUR".into(),
+            items: vec![LineItem {
+                sku: "book".into(),
+                quantity: 2,
+                unit_price_minor: 1250,
+            }],
+        }
+    }
+
+    #[test]
+    fn create_is_idempotent_per_key() {
+        let orders = Orders::in_memory();
+        let first = orders.create(new_order("k1")).unwrap();
+        assert_eq!(first.total_minor, 2500);
+        assert_eq!(first.status, OrderStatus::Pending);
+        assert_eq!(orders.create(new_order("k1")).unwrap(), first);
+        assert_ne!(orders.create(new_order("k2")).unwrap().id, first.id);
+    }
+
+    #[test]
+    fn reused_key_with_other_body_is_refused() {
+        let orders = Orders::in_memory();
+        orders.create(new_order("k")).unwrap();
+        let mut other = new_order("k");
+        other.user_id = "bob".into();
+        assert!(matches!(
+            orders.create(other),
+            Err(OrderError::KeyReused(_))
+        ));
+    }
+
+    #[test]
+    fn lifecycle() {
+        let orders = Orders::in_memory();
+        let order = orders.create(new_order("k")).unwrap();
+        let cancelled = orders.cancel(&order.id, "payment declined").unwrap();
+        assert_eq!(cancelled.status, OrderStatus::Cancelled);
+        assert_eq!(orders.cancel(&order.id, "again").unwrap(), cancelled);
+        assert_eq!(
+            orders.approve(&order.id).unwrap_err().kind(),
+            ErrorKind::FailedPrecondition
+        );
+
+        let other = orders.create(new_order("k2")).unwrap();
+        assert_eq!(
+            orders.approve(&other.id).unwrap().status,
+            OrderStatus::Approved
+        );
+        assert_eq!(
+            orders.approve(&other.id).unwrap().status,
+            OrderStatus::Approved
+        );
+        assert_eq!(
+            orders.cancel(&other.id, "late").unwrap_err().kind(),
+            ErrorKind::FailedPrecondition
+        );
+    }
+
+    #[test]
+    fn bad_input() {
+        let orders = Orders::in_memory();
+        let cases: Vec<(NewOrder, &str)> = vec![
+            (
+                NewOrder {
+                    user_id: String::new(),
+                    ..new_order("a")
+                },
+                "user_id",
+            ),
+            (
+                NewOrder {
+                    idempotency_key: "x".repeat(200),
+                    ..new_order("a")
+                },
+                "idempotency_key",
+            ),
+            (
+                NewOrder {
+                    currency: "euro".into(),
+                    ..new_order("a")
+                },
+                "currency",
+            ),
+            (
+                NewOrder {
+                    items: vec![],
+                    ..new_order("a")
+                },
+                "items",
+            ),
+            (
+                NewOrder {
+                    items: vec![LineItem {
+                        sku: "s".into(),
+                        quantity: 0,
+                        unit_price_minor: 1,
+                    }],
+                    ..new_order("a")
+                },
+                "quantity",
+            ),
+            (
+                NewOrder {
+                    items: vec![LineItem {
+                        sku: "s".into(),
+                        quantity: 1,
+                        unit_price_minor: -1,
+                    }],
+                    ..new_order("a")
+                },
+                "unit_price_minor",
+            ),
+            (
+                NewOrder {
+                    items: vec![LineItem {
+                        sku: "s".into(),
+                        quantity: 2,
+                        unit_price_minor: i64::MAX,
+                    }],
+                    ..new_order("a")
+                },
+                "too large",
+            ),
+        ];
+        for (new, expected) in cases {
+            let err = orders.create(new).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+            assert!(
+                err.to_string().contains(expected),
+                "{err} should mention {expected}"
+            );
+        }
+        assert_eq!(
+            orders.get("nope").unwrap_err().kind(),
+            ErrorKind::InvalidArgument
+        );
+        let missing = IdKind::Order.generate();
+        assert_eq!(
+            orders.get(&missing).unwrap_err().kind(),
+            ErrorKind::NotFound
+        );
+        assert_eq!(
+            orders.cancel(&missing, "x").unwrap_err().kind(),
+            ErrorKind::NotFound
+        );
+    }
+}

@@ -1,0 +1,15 @@
+//! The shipping service: at most one shipment per order, cancelled on compensation.
+//! `shipments` is the domain (where a shipment starts, fails or is cancelled),
+//! `api` the gRPC adapter.
+
+pub mod api;
+pub mod shipments;
+
+pub use api::ShippingApi;
+
+/// Settings of the shipping service: `SHIPPING_*` variables.
+pub type ShippingSettings =
+    saga_common::server::ServiceSettings<saga_common::faults::BusinessFaults>;
+
+/// The port the service listens on unless `listen_addr` says otherwise.
+pub const DEFAULT_PORT: u16 = 50053;
