@@ -1,1 +1,20 @@
+//! The Create Order saga orchestrator.
+//!
+//! `saga` drives one saga and its compensations over any [`Participants`]; `grpc` is the real
+//! implementation over tonic; `retry` is the backoff policy; `verify` reads participants' state
+//! back and checks it against the saga's outcome; `report` renders results; `settings` loads
+//! the configuration.
 
+pub mod grpc;
+pub mod participants;
+pub mod report;
+pub mod retry;
+pub mod runner;
+pub mod saga;
+pub mod settings;
+pub mod verify;
+
+pub use participants::Participants;
+pub use report::{Outcome, SagaReport};
+pub use saga::{SagaPlan, Scenario};
+pub use settings::OrchestratorSettings;

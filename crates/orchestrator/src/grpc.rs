@@ -1,0 +1,280 @@
+//! The participants over gRPC: one lazily connected channel per service, failure injection
+//! through request metadata, and a readiness wait on `grpc.health.v1`.
+use std::time::Duration;
+
+use saga_common::faults::INJECT_FAILURE_HEADER;
+use saga_proto::order::v1::{self as order, order_service_client::OrderServiceClient};
+use saga_proto::payment::v1::{self as payment, payment_service_client::PaymentServiceClient};
+use saga_proto::shipping::v1::{self as shipping, shipping_service_client::ShippingServiceClient};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Status};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+use crate::participants::{By, Participants, missing};
+use crate::settings::OrchestratorSettings;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("invalid {name} '{url}': {source}")]
+    BadUrl {
+        name: &'static str,
+        url: String,
+        source: tonic::transport::Error,
+    },
+    #[error("{0}")]
+    NotReady(String),
+}
+
+/// The three services behind gRPC channels.
+#[derive(Debug, Clone)]
+pub struct GrpcParticipants {
+    order: OrderServiceClient<Channel>,
+    payment: PaymentServiceClient<Channel>,
+    shipping: ShippingServiceClient<Channel>,
+    channels: [(&'static str, &'static str, Channel); 3],
+    call_timeout: Duration,
+}
+
+fn channel(name: &'static str, url: &str) -> Result<Channel, ConnectError> {
+    let endpoint =
+        Endpoint::from_shared(url.to_owned()).map_err(|source| ConnectError::BadUrl {
+            name,
+            url: url.to_owned(),
+            source,
+        })?;
+    // Lazy: an unreachable service is an UNAVAILABLE call, which the retry policy handles.
+    Ok(endpoint
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .connect_lazy())
+}
+
+impl GrpcParticipants {
+    pub fn new(settings: &OrchestratorSettings) -> Result<Self, ConnectError> {
+        let order = channel("order_url", &settings.order_url)?;
+        let payment = channel("payment_url", &settings.payment_url)?;
+        let shipping = channel("shipping_url", &settings.shipping_url)?;
+        Ok(Self {
+            order: OrderServiceClient::new(order.clone()),
+            payment: PaymentServiceClient::new(payment.clone()),
+            shipping: ShippingServiceClient::new(shipping.clone()),
+            channels: [
+                ("order.v1.OrderService", "order_url", order),
+                ("payment.v1.PaymentService", "payment_url", payment),
+                ("shipping.v1.ShippingService", "shipping_url", shipping),
+            ],
+            call_timeout: settings.retry.call_timeout(),
+        })
+    }
+
+    /// Waits until every service reports SERVING, or `timeout` passes.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<(), ConnectError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        for (service, setting, channel) in &self.channels {
+            let mut health = HealthClient::new(channel.clone());
+            loop {
+                let request = HealthCheckRequest {
+                    service: (*service).to_owned(),
+                };
+                let last = match health.check(request).await {
+                    Ok(response) if response.get_ref().status() == ServingStatus::Serving => break,
+                    Ok(response) => format!("{:?}", response.get_ref().status()),
+                    Err(status) => format!("{}: {}", status.code(), status.message()),
+                };
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(ConnectError::NotReady(format!(
+                        "{service} is not serving after {}s (last answer: {last}); \
+                         is it running, and is {setting} right?",
+                        timeout.as_secs()
+                    )));
+                }
+                tracing::debug!(service, %last, "waiting for service");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        Ok(())
+    }
+
+    fn request<T>(&self, message: T, inject_failure: bool) -> Request<T> {
+        let mut request = Request::new(message);
+        // The server can give up on work its caller has stopped waiting for.
+        request.set_timeout(self.call_timeout);
+        if inject_failure {
+            request.metadata_mut().insert(
+                INJECT_FAILURE_HEADER,
+                tonic::metadata::MetadataValue::from_static("true"),
+            );
+        }
+        request
+    }
+}
+
+fn refund_target(by: &By) -> payment::refund_payment_request::Target {
+    use payment::refund_payment_request::Target;
+    match by {
+        By::Id(id) => Target::PaymentId(id.clone()),
+        By::Order(id) => Target::OrderId(id.clone()),
+    }
+}
+
+fn get_payment_target(by: &By) -> payment::get_payment_request::Target {
+    use payment::get_payment_request::Target;
+    match by {
+        By::Id(id) => Target::PaymentId(id.clone()),
+        By::Order(id) => Target::OrderId(id.clone()),
+    }
+}
+
+fn cancel_target(by: &By) -> shipping::cancel_shipping_request::Target {
+    use shipping::cancel_shipping_request::Target;
+    match by {
+        By::Id(id) => Target::ShippingId(id.clone()),
+        By::Order(id) => Target::OrderId(id.clone()),
+    }
+}
+
+fn get_shipment_target(by: &By) -> shipping::get_shipment_request::Target {
+    use shipping::get_shipment_request::Target;
+    match by {
+        By::Id(id) => Target::ShippingId(id.clone()),
+        By::Order(id) => Target::OrderId(id.clone()),
+    }
+}
+
+impl Participants for GrpcParticipants {
+    async fn create_order(
+        &self,
+        request: order::CreateOrderRequest,
+    ) -> Result<order::Order, Status> {
+        let response = self
+            .order
+            .clone()
+            .create_order(self.request(request, false))
+            .await?;
+        response.into_inner().order.ok_or_else(|| missing("order"))
+    }
+
+    async fn cancel_order(&self, order_id: &str, reason: &str) -> Result<order::Order, Status> {
+        let message = order::CancelOrderRequest {
+            order_id: order_id.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let response = self
+            .order
+            .clone()
+            .cancel_order(self.request(message, false))
+            .await?;
+        response.into_inner().order.ok_or_else(|| missing("order"))
+    }
+
+    async fn approve_order(&self, order_id: &str) -> Result<order::Order, Status> {
+        let message = order::ApproveOrderRequest {
+            order_id: order_id.to_owned(),
+        };
+        let response = self
+            .order
+            .clone()
+            .approve_order(self.request(message, false))
+            .await?;
+        response.into_inner().order.ok_or_else(|| missing("order"))
+    }
+
+    async fn get_order(&self, order_id: &str) -> Result<order::Order, Status> {
+        let message = order::GetOrderRequest {
+            order_id: order_id.to_owned(),
+        };
+        let response = self
+            .order
+            .clone()
+            .get_order(self.request(message, false))
+            .await?;
+        response.into_inner().order.ok_or_else(|| missing("order"))
+    }
+
+    async fn process_payment(
+        &self,
+        request: payment::ProcessPaymentRequest,
+        inject_failure: bool,
+    ) -> Result<payment::Payment, Status> {
+        let request = self.request(request, inject_failure);
+        let response = self.payment.clone().process_payment(request).await?;
+        response
+            .into_inner()
+            .payment
+            .ok_or_else(|| missing("payment"))
+    }
+
+    async fn refund_payment(&self, by: &By) -> Result<payment::Payment, Status> {
+        let message = payment::RefundPaymentRequest {
+            target: Some(refund_target(by)),
+        };
+        let response = self
+            .payment
+            .clone()
+            .refund_payment(self.request(message, false))
+            .await?;
+        response
+            .into_inner()
+            .payment
+            .ok_or_else(|| missing("payment"))
+    }
+
+    async fn get_payment(&self, by: &By) -> Result<payment::Payment, Status> {
+        let message = payment::GetPaymentRequest {
+            target: Some(get_payment_target(by)),
+        };
+        let response = self
+            .payment
+            .clone()
+            .get_payment(self.request(message, false))
+            .await?;
+        response
+            .into_inner()
+            .payment
+            .ok_or_else(|| missing("payment"))
+    }
+
+    async fn start_shipping(
+        &self,
+        request: shipping::StartShippingRequest,
+        inject_failure: bool,
+    ) -> Result<shipping::Shipment, Status> {
+        let request = self.request(request, inject_failure);
+        let response = self.shipping.clone().start_shipping(request).await?;
+        response
+            .into_inner()
+            .shipment
+            .ok_or_else(|| missing("shipment"))
+    }
+
+    async fn cancel_shipping(&self, by: &By) -> Result<shipping::Shipment, Status> {
+        let message = shipping::CancelShippingRequest {
+            target: Some(cancel_target(by)),
+        };
+        let response = self
+            .shipping
+            .clone()
+            .cancel_shipping(self.request(message, false))
+            .await?;
+        response
+            .into_inner()
+            .shipment
+            .ok_or_else(|| missing("shipment"))
+    }
+
+    async fn get_shipment(&self, by: &By) -> Result<shipping::Shipment, Status> {
+        let message = shipping::GetShipmentRequest {
+            target: Some(get_shipment_target(by)),
+        };
+        let response = self
+            .shipping
+            .clone()
+            .get_shipment(self.request(message, false))
+            .await?;
+        response
+            .into_inner()
+            .shipment
+            .ok_or_else(|| missing("shipment"))
+    }
+}

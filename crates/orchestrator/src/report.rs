@@ -1,0 +1,172 @@
+//! What a saga did: its outcome, ids, each step, and how it reads as text or JSON.
+use serde::Serialize;
+
+use crate::saga::Scenario;
+
+/// How a saga ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Every step succeeded; the order is APPROVED.
+    Completed,
+    /// The payment failed; the order was cancelled.
+    PaymentFailed,
+    /// Shipping failed; the payment was refunded and the order cancelled.
+    ShippingFailed,
+    /// The order could not be approved; everything was compensated.
+    ApprovalFailed,
+    /// The saga could not start (no order was made, or its creation stayed unknown).
+    Failed,
+    /// A compensation ran out of attempts: something may be left charged or shipping.
+    CompensationFailed,
+}
+
+impl Outcome {
+    /// The line printed for the saga.
+    pub fn headline(self) -> &'static str {
+        match self {
+            Outcome::Completed => ">>> All steps completed successfully",
+            Outcome::PaymentFailed => ">>> Payment failed. Order has been cancelled.",
+            Outcome::ShippingFailed => ">>> Shipping failed. Payment refunded and order cancelled.",
+            Outcome::ApprovalFailed => {
+                ">>> Order approval failed. Shipment cancelled, payment refunded and order cancelled."
+            }
+            Outcome::Failed => ">>> Saga failed before anything needed compensating.",
+            Outcome::CompensationFailed => ">>> Compensation failed. The saga needs attention.",
+        }
+    }
+
+    /// Completed or fully compensated: the system did its job.
+    pub fn is_settled(self) -> bool {
+        !matches!(self, Outcome::Failed | Outcome::CompensationFailed)
+    }
+
+    pub fn is_compensated(self) -> bool {
+        matches!(
+            self,
+            Outcome::PaymentFailed | Outcome::ShippingFailed | Outcome::ApprovalFailed
+        )
+    }
+}
+
+/// One call of the saga.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StepReport {
+    /// RPC name, e.g. `ProcessPayment`.
+    pub step: &'static str,
+    pub compensation: bool,
+    /// `ok` or `error`.
+    pub result: &'static str,
+    /// The resource's state after the call, or the error's code and message.
+    pub detail: String,
+    pub attempts: u32,
+    pub duration_ms: u64,
+}
+
+/// The read-back check after a saga.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Consistency {
+    pub consistent: bool,
+    pub violations: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SagaReport {
+    pub saga_id: String,
+    pub scenario: Scenario,
+    pub outcome: Outcome,
+    /// Why the saga did not complete.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub order_id: Option<String>,
+    pub payment_id: Option<String>,
+    pub shipping_id: Option<String>,
+    pub steps: Vec<StepReport>,
+    pub duration_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub consistency: Option<Consistency>,
+}
+
+impl SagaReport {
+    pub fn new(saga_id: String, scenario: Scenario) -> Self {
+        Self {
+            saga_id,
+            scenario,
+            outcome: Outcome::Failed,
+            reason: None,
+            order_id: None,
+            payment_id: None,
+            shipping_id: None,
+            steps: Vec::new(),
+            duration_ms: 0,
+            consistency: None,
+        }
+    }
+
+    /// Ended as it should have: settled, and the participants agree.
+    pub fn is_ok(&self) -> bool {
+        self.outcome.is_settled() && self.consistency.as_ref().is_none_or(|c| c.consistent)
+    }
+
+    /// Human-readable lines: the headline, then the ids and anything that went wrong.
+    pub fn to_text(&self) -> String {
+        let mut text = format!("{}\n", self.outcome.headline());
+        let id = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+        text.push_str(&format!(
+            "    saga {} | order {} | payment {} | shipment {} | {} ms\n",
+            self.saga_id,
+            id(&self.order_id),
+            id(&self.payment_id),
+            id(&self.shipping_id),
+            self.duration_ms
+        ));
+        if let Some(reason) = &self.reason {
+            text.push_str(&format!("    reason: {reason}\n"));
+        }
+        if let Some(consistency) = self.consistency.as_ref().filter(|c| !c.consistent) {
+            for violation in &consistency.violations {
+                text.push_str(&format!("    INCONSISTENT: {violation}\n"));
+            }
+        }
+        text
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|err| format!("{{\"error\":\"{err}\"}}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_lines_are_exact() {
+        assert_eq!(
+            Outcome::Completed.headline(),
+            ">>> All steps completed successfully"
+        );
+        assert_eq!(
+            Outcome::PaymentFailed.headline(),
+            ">>> Payment failed. Order has been cancelled."
+        );
+        assert_eq!(
+            Outcome::ShippingFailed.headline(),
+            ">>> Shipping failed. Payment refunded and order cancelled."
+        );
+    }
+
+    #[test]
+    fn json_names_the_outcome() {
+        let mut report = SagaReport::new("s-1".into(), Scenario::Success);
+        report.outcome = Outcome::PaymentFailed;
+        let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+        assert_eq!(json["outcome"], "payment_failed");
+        assert_eq!(json["scenario"], "success");
+        assert!(
+            report
+                .to_text()
+                .starts_with(Outcome::PaymentFailed.headline())
+        );
+    }
+}

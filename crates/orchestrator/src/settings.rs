@@ -1,0 +1,72 @@
+//! Orchestrator settings (prefix `SAGA_`): endpoints, deadlines and retry policies.
+use std::time::Duration;
+
+use saga_common::config::Settings;
+use serde::Deserialize;
+
+use crate::retry::RetryPolicy;
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct OrchestratorSettings {
+    /// OrderService URL (`SAGA_ORDER_URL`).
+    pub order_url: String,
+    /// PaymentService URL (`SAGA_PAYMENT_URL`).
+    pub payment_url: String,
+    /// ShippingService URL (`SAGA_SHIPPING_URL`).
+    pub shipping_url: String,
+    /// Retry policy of forward steps and reads (`SAGA_RETRY__MAX_ATTEMPTS`, …).
+    pub retry: RetryPolicy,
+    /// Retry policy of compensations: longer, because giving up leaves money behind
+    /// (`SAGA_COMPENSATION_RETRY__MAX_ATTEMPTS`, …).
+    pub compensation_retry: RetryPolicy,
+    /// Seconds to wait for every service to report SERVING before the first saga
+    /// (`SAGA_WAIT_READY_SECS`); 0 skips the wait.
+    pub wait_ready_secs: u64,
+    /// Customer of the demo orders (`SAGA_USER_ID`).
+    pub user_id: String,
+    /// Delivery address of the demo orders (`SAGA_SHIPPING_ADDRESS`).
+    pub shipping_address: String,
+}
+
+impl Default for OrchestratorSettings {
+    fn default() -> Self {
+        Self {
+            order_url: "http://127.0.0.1:50051".into(),
+            payment_url: "http://127.0.0.1:50052".into(),
+            shipping_url: "http://127.0.0.1:50053".into(),
+            retry: RetryPolicy::default(),
+            compensation_retry: RetryPolicy {
+                max_attempts: 20,
+                ..RetryPolicy::default()
+            },
+            wait_ready_secs: 30,
+            user_id: "demo-user".into(),
+            shipping_address: "221B Baker Street, London".into(),
+        }
+    }
+}
+
+impl OrchestratorSettings {
+    pub fn wait_ready(&self) -> Duration {
+        Duration::from_secs(self.wait_ready_secs)
+    }
+}
+
+impl Settings for OrchestratorSettings {
+    fn check(&self) -> Result<(), String> {
+        for (name, url) in [
+            ("order_url", &self.order_url),
+            ("payment_url", &self.payment_url),
+            ("shipping_url", &self.shipping_url),
+        ] {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(format!(
+                    "{name} must start with http:// or https://, got '{url}'"
+                ));
+            }
+        }
+        self.retry.check("retry")?;
+        self.compensation_retry.check("compensation_retry")
+    }
+}
