@@ -123,7 +123,7 @@ async fn run(args: RunArgs, settings: OrchestratorSettings) -> ExitCode {
             print(output, report)
         })
         .await;
-    summarize(&batch, &reports)
+    summarize(output, &batch, &reports)
 }
 
 fn print(output: Output, report: &SagaReport) {
@@ -133,9 +133,10 @@ fn print(output: Output, report: &SagaReport) {
     }
 }
 
-/// One line on stderr, and the exit code: 0 only if every saga ended completed or fully
-/// compensated and its participants agree.
-fn summarize(batch: &Batch, reports: &[SagaReport]) -> ExitCode {
+/// A summary line (on stdout with text output, stderr with JSON so stdout stays JSON lines),
+/// and the exit code: 0 only if every saga ended completed or fully compensated and its
+/// participants agree.
+fn summarize(output: Output, batch: &Batch, reports: &[SagaReport]) -> ExitCode {
     let completed = reports
         .iter()
         .filter(|r| r.outcome == saga_orchestrator::Outcome::Completed)
@@ -150,11 +151,15 @@ fn summarize(batch: &Batch, reports: &[SagaReport]) -> ExitCode {
         .count();
     let unsettled = reports.iter().filter(|r| !r.outcome.is_settled()).count();
     let missing = batch.scenarios.len() - reports.len();
-    eprintln!(
+    let summary = format!(
         "run {}: {} sagas, {completed} completed, {compensated} compensated, {unsettled} failed, {inconsistent} inconsistent",
         batch.run_id,
         batch.scenarios.len()
     );
+    match output {
+        Output::Text => println!("{summary}"),
+        Output::Json => eprintln!("{summary}"),
+    }
     if unsettled + inconsistent + missing == 0 {
         return ExitCode::SUCCESS;
     }

@@ -141,6 +141,11 @@ impl<R: Repository<Order>> Orders<R> {
         Self { repo }
     }
 
+    /// The repository behind the domain, for read-back checks.
+    pub fn repository(&self) -> &R {
+        &self.repo
+    }
+
     /// Creates a PENDING order, or returns the one created earlier with the same key.
     pub fn create(&self, new: NewOrder) -> Result<Order, OrderError> {
         let total_minor = new.validate()?;

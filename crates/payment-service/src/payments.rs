@@ -101,6 +101,11 @@ impl<R: Repository<Payment>> Payments<R> {
         Self { repo }
     }
 
+    /// The repository behind the domain, for read-back checks.
+    pub fn repository(&self) -> &R {
+        &self.repo
+    }
+
     /// Charges an order, or declines it when `decline` gives a reason. A repeat for the same
     /// order returns the first payment whatever `decline` says now.
     pub fn process(

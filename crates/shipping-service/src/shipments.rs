@@ -85,6 +85,11 @@ impl<R: Repository<Shipment>> Shipments<R> {
         Self { repo }
     }
 
+    /// The repository behind the domain, for read-back checks.
+    pub fn repository(&self) -> &R {
+        &self.repo
+    }
+
     /// Starts shipping an order, or records a FAILED shipment when `failure` gives a reason.
     /// A repeat for the same order returns the first shipment whatever `failure` says now.
     pub fn start(

@@ -1,0 +1,399 @@
+//! Shared test harness: the three services in-process on ephemeral ports, and the paths of the
+//! real binaries and tools.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use order_service::OrderApi;
+use order_service::orders::Orders;
+use payment_service::PaymentApi;
+use payment_service::payments::Payments;
+use saga_common::Repository as _;
+use saga_common::faults::{BusinessFaults, TransientFaults};
+use saga_common::server::ShutdownSettings;
+use saga_orchestrator::OrchestratorSettings;
+use saga_orchestrator::grpc::GrpcParticipants;
+use saga_orchestrator::retry::RetryPolicy;
+use saga_proto::order::v1::order_service_server::OrderServiceServer;
+use saga_proto::payment::v1::payment_service_server::PaymentServiceServer;
+use saga_proto::shipping::v1::shipping_service_server::ShippingServiceServer;
+use shipping_service::ShippingApi;
+use shipping_service::shipments::Shipments;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// A server running in this process until stopped or dropped.
+pub struct Server {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Begins the graceful shutdown and returns at once.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    /// Shuts down and waits for the server to finish.
+    pub async fn stop(mut self) {
+        self.begin_shutdown();
+        if let Some(task) = self.task.take() {
+            task.await.unwrap();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// Serves `service` on 127.0.0.1:0 with the shared bootstrap (health, reflection, shutdown).
+pub async fn serve<S>(service: S, shutdown: ShutdownSettings) -> Server
+where
+    S: tower_like::Svc,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let signal = async move {
+            let _ = stopped.await;
+        };
+        saga_common::server::serve(service, listener, shutdown, signal)
+            .await
+            .unwrap();
+    });
+    Server {
+        addr,
+        stop: Some(stop),
+        task: Some(task),
+    }
+}
+
+/// The bound a served service satisfies, named once.
+pub mod tower_like {
+    use std::convert::Infallible;
+
+    pub trait Svc:
+        tonic::codegen::Service<
+            tonic::codegen::http::Request<tonic::body::Body>,
+            Response = tonic::codegen::http::Response<tonic::body::Body>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + tonic::server::NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static
+    {
+    }
+
+    impl<T> Svc for T where
+        T: tonic::codegen::Service<
+                tonic::codegen::http::Request<tonic::body::Body>,
+                Response = tonic::codegen::http::Response<tonic::body::Body>,
+                Error = Infallible,
+                Future: Send + 'static,
+            > + tonic::server::NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static
+    {
+    }
+}
+
+/// Faults of the three services.
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    pub order: TransientFaults,
+    pub payment: BusinessFaults,
+    pub shipping: BusinessFaults,
+}
+
+impl Faults {
+    /// Failure injection allowed, nothing else.
+    pub fn injectable() -> Self {
+        let allow = BusinessFaults {
+            allow_injection: true,
+            ..BusinessFaults::default()
+        };
+        Self {
+            order: TransientFaults::default(),
+            payment: allow.clone(),
+            shipping: allow,
+        }
+    }
+}
+
+/// The three services with their stores kept at hand for assertions.
+pub struct Cluster {
+    pub order: Server,
+    pub payment: Server,
+    pub shipping: Server,
+    pub orders: Arc<Orders>,
+    pub payments: Arc<Payments>,
+    pub shipments: Arc<Shipments>,
+}
+
+pub fn quick_shutdown() -> ShutdownSettings {
+    ShutdownSettings {
+        drain_delay_ms: 0,
+        grace_period_secs: 5,
+    }
+}
+
+impl Cluster {
+    pub async fn start(faults: Faults) -> Self {
+        let orders = Arc::new(Orders::in_memory());
+        let payments = Arc::new(Payments::in_memory());
+        let shipments = Arc::new(Shipments::in_memory());
+        let order = serve(
+            OrderServiceServer::new(OrderApi::new(orders.clone(), faults.order)),
+            quick_shutdown(),
+        )
+        .await;
+        let payment = serve(
+            PaymentServiceServer::new(PaymentApi::new(payments.clone(), faults.payment)),
+            quick_shutdown(),
+        )
+        .await;
+        let shipping = serve(
+            ShippingServiceServer::new(ShippingApi::new(shipments.clone(), faults.shipping)),
+            quick_shutdown(),
+        )
+        .await;
+        Self {
+            order,
+            payment,
+            shipping,
+            orders,
+            payments,
+            shipments,
+        }
+    }
+
+    /// Orchestrator settings aimed at this cluster, with quick retries.
+    pub fn settings(&self) -> OrchestratorSettings {
+        OrchestratorSettings {
+            order_url: self.order.url(),
+            payment_url: self.payment.url(),
+            shipping_url: self.shipping.url(),
+            retry: RetryPolicy {
+                max_attempts: 30,
+                call_timeout_ms: 1_000,
+                initial_backoff_ms: 1,
+                max_backoff_ms: 20,
+            },
+            compensation_retry: RetryPolicy {
+                max_attempts: 60,
+                call_timeout_ms: 1_000,
+                initial_backoff_ms: 1,
+                max_backoff_ms: 20,
+            },
+            wait_ready_secs: 5,
+            ..OrchestratorSettings::default()
+        }
+    }
+
+    pub fn participants(&self) -> GrpcParticipants {
+        GrpcParticipants::new(&self.settings()).unwrap()
+    }
+}
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A binary of the workspace, built by `cargo build --workspace` (the test command does it).
+pub fn binary(name: &str) -> PathBuf {
+    // Test executables live in target/<profile>/deps; the binaries one level up.
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (`cargo build --workspace`, which ./scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+/// A pinned tool installed by `scripts/install-tools` into `.tools/bin`.
+pub fn tool(name: &str) -> PathBuf {
+    let path = root().join(".tools/bin").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run ./scripts/install-tools (./scripts/test does it)",
+        path.display()
+    );
+    path
+}
+
+/// Polls `check` until it holds or `timeout` passes.
+pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+impl Cluster {
+    pub fn orders_all(&self) -> Vec<order_service::orders::Order> {
+        self.orders.repository().all().unwrap()
+    }
+    pub fn payments_all(&self) -> Vec<payment_service::payments::Payment> {
+        self.payments.repository().all().unwrap()
+    }
+    pub fn shipments_all(&self) -> Vec<shipping_service::shipments::Shipment> {
+        self.shipments.repository().all().unwrap()
+    }
+}
+
+/// A connected channel to `url`.
+pub async fn channel(url: String) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(url)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// A real binary running as a child process; stopped with SIGTERM when dropped.
+pub struct Process {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+}
+
+/// A loopback port free at the time of asking.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Process {
+    /// Starts service `name` (e.g. `payment-service`) with env prefix `prefix` on a free port,
+    /// failure injection allowed, plus `env`.
+    pub fn service(name: &str, prefix: &str, env: &[(&str, &str)]) -> Self {
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let mut command = std::process::Command::new(binary(name));
+        command
+            .env(format!("{prefix}_LISTEN_ADDR"), addr.to_string())
+            .env(format!("{prefix}_SHUTDOWN__DRAIN_DELAY_MS"), "0")
+            .env("LOG_FORMAT", "json")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        if prefix != "ORDER" {
+            command.env(format!("{prefix}_FAULTS__ALLOW_INJECTION"), "true");
+        }
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let child = command.spawn().unwrap();
+        Self { child, addr }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Waits until the overall health check answers SERVING.
+    pub async fn wait_serving(&self) -> bool {
+        use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+        let url = self.url();
+        eventually(Duration::from_secs(20), || {
+            let url = url.clone();
+            async move {
+                let Ok(channel) = tonic::transport::Endpoint::from_shared(url)
+                    .unwrap()
+                    .connect()
+                    .await
+                else {
+                    return false;
+                };
+                let request = HealthCheckRequest {
+                    service: String::new(),
+                };
+                HealthClient::new(channel)
+                    .check(request)
+                    .await
+                    .is_ok_and(|r| r.get_ref().status == 1)
+            }
+        })
+        .await
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The three real service binaries on free ports.
+pub struct Services {
+    pub order: Process,
+    pub payment: Process,
+    pub shipping: Process,
+}
+
+impl Services {
+    pub fn start() -> Self {
+        Self {
+            order: Process::service("order-service", "ORDER", &[]),
+            payment: Process::service("payment-service", "PAYMENT", &[]),
+            shipping: Process::service("shipping-service", "SHIPPING", &[]),
+        }
+    }
+
+    /// The orchestrator binary, aimed at these services.
+    pub fn orchestrator(&self) -> std::process::Command {
+        let mut command = std::process::Command::new(binary("saga-orchestrator"));
+        command
+            .env("SAGA_ORDER_URL", self.order.url())
+            .env("SAGA_PAYMENT_URL", self.payment.url())
+            .env("SAGA_SHIPPING_URL", self.shipping.url())
+            .env("SAGA_WAIT_READY_SECS", "20")
+            .env("LOG_FORMAT", "json");
+        command
+    }
+}
