@@ -1,6 +1,6 @@
 //! Logs (and, once exported, traces) for every binary.
 //!
-//! JSON lines when stdout is not a terminal or `LOG_FORMAT=json`, readable text on a terminal;
+//! JSON lines when stderr (where logs go) is not a terminal or `LOG_FORMAT=json`, readable text on a terminal;
 //! `RUST_LOG` filters (default `info`).
 use std::io::IsTerminal;
 
@@ -18,7 +18,7 @@ pub fn json_logs() -> bool {
     match std::env::var("LOG_FORMAT") {
         Ok(format) if format.eq_ignore_ascii_case("json") => true,
         Ok(format) if format.eq_ignore_ascii_case("text") => false,
-        _ => !std::io::stdout().is_terminal(),
+        _ => !std::io::stderr().is_terminal(),
     }
 }
 
