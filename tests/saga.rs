@@ -36,6 +36,7 @@ async fn run(cluster: &Cluster, plan: &SagaPlan) -> saga_orchestrator::SagaRepor
         participants: &participants,
         retry: &settings.retry,
         compensation_retry: &settings.compensation_retry,
+        verify: false,
     };
     let mut report = saga.run(plan).await;
     saga_orchestrator::verify::check(&participants, &settings.retry, &mut report).await;
@@ -268,6 +269,7 @@ async fn a_charge_whose_outcome_is_unknown_is_never_left_behind() {
         participants: &participants,
         retry: &settings.retry,
         compensation_retry: &cluster.settings().compensation_retry,
+        verify: false,
     };
     let mut report = saga.run(&plan("s-unknown-pay", Scenario::Success)).await;
     assert_eq!(report.outcome, Outcome::PaymentFailed, "{report:#?}");
@@ -299,6 +301,7 @@ async fn a_shipment_whose_outcome_is_unknown_is_cancelled_and_refunded() {
         participants: &participants,
         retry: &settings.retry,
         compensation_retry: &cluster.settings().compensation_retry,
+        verify: false,
     };
     let mut report = saga.run(&plan("s-unknown-ship", Scenario::Success)).await;
     assert_eq!(report.outcome, Outcome::ShippingFailed, "{report:#?}");
@@ -334,6 +337,7 @@ async fn an_unreachable_service_fails_the_saga_with_a_clear_reason() {
         participants: &participants,
         retry: &settings.retry,
         compensation_retry: &settings.compensation_retry,
+        verify: false,
     };
     let report = saga.run(&plan("s-down", Scenario::Success)).await;
     // The charge's outcome is unknown and the refund cannot reach the service either.
@@ -347,4 +351,51 @@ async fn an_unreachable_service_fails_the_saga_with_a_clear_reason() {
         .get(report.order_id.as_deref().unwrap())
         .unwrap();
     assert_eq!(order.status, order_service::orders::OrderStatus::Cancelled);
+}
+
+#[tokio::test]
+async fn rerunning_a_compensated_saga_never_charges_a_cancelled_order() {
+    let cluster = Cluster::start(Faults::injectable()).await;
+    for (saga_id, scenario, expected) in [
+        (
+            "rerun-pay",
+            Scenario::PaymentFailure,
+            Outcome::PaymentFailed,
+        ),
+        (
+            "rerun-ship",
+            Scenario::ShippingFailure,
+            Outcome::ShippingFailed,
+        ),
+    ] {
+        let first = run(&cluster, &plan(saga_id, scenario)).await;
+        assert_eq!(first.outcome, expected);
+        // The same saga again, this time without asking for a failure.
+        let again = run(&cluster, &plan(saga_id, Scenario::Success)).await;
+        assert_eq!(again.outcome, expected, "{again:#?}");
+        assert!(again.is_ok(), "{again:#?}");
+        assert_eq!(again.order_id, first.order_id);
+        assert!(
+            again.steps.iter().all(|s| s.step != "ProcessPayment"),
+            "{again:#?}"
+        );
+    }
+    assert_eq!(cluster.payments_all().len(), 2);
+    for payment in cluster.payments_all() {
+        assert_ne!(payment.status, PaymentStatus::Completed, "{payment:?}");
+    }
+}
+
+#[tokio::test]
+async fn rerunning_a_refused_charge_does_not_charge() {
+    // Injection is off: the payment-failure scenario's charge is refused, nothing is recorded.
+    let cluster = Cluster::start(Faults::default()).await;
+    let first = run(&cluster, &plan("rerun-refused", Scenario::PaymentFailure)).await;
+    assert_eq!(first.outcome, Outcome::PaymentFailed);
+    let again = run(&cluster, &plan("rerun-refused", Scenario::Success)).await;
+    assert_eq!(again.outcome, Outcome::PaymentFailed, "{again:#?}");
+    assert!(again.is_ok(), "{again:#?}");
+    for payment in cluster.payments_all() {
+        assert_ne!(payment.status, PaymentStatus::Completed, "{payment:?}");
+    }
 }

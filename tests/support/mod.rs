@@ -378,10 +378,23 @@ pub struct Services {
 
 impl Services {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// The three services with extra environment variables.
+    pub fn start_with(env: &[(&str, &str)]) -> Self {
         Self {
-            order: Process::service("order-service", "ORDER", &[]),
-            payment: Process::service("payment-service", "PAYMENT", &[]),
-            shipping: Process::service("shipping-service", "SHIPPING", &[]),
+            order: Process::service("order-service", "ORDER", env),
+            payment: Process::service("payment-service", "PAYMENT", env),
+            shipping: Process::service("shipping-service", "SHIPPING", env),
+        }
+    }
+
+    /// Stops the three with SIGTERM (which flushes their spans) and checks they exit cleanly.
+    pub fn terminate(mut self) {
+        for process in [&mut self.order, &mut self.payment, &mut self.shipping] {
+            let status = process.terminate();
+            assert!(status.success(), "{status:?}");
         }
     }
 
@@ -397,3 +410,4 @@ impl Services {
         command
     }
 }
+pub mod collector;

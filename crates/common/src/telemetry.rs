@@ -1,16 +1,66 @@
-//! Logs (and, once exported, traces) for every binary.
+//! Logs and traces for every binary.
 //!
-//! JSON lines when stderr (where logs go) is not a terminal or `LOG_FORMAT=json`, readable text on a terminal;
-//! `RUST_LOG` filters (default `info`).
+//! Logs: JSON lines carrying `trace_id`/`span_id` when stderr (where logs go) is not a terminal or
+//! `LOG_FORMAT=json`, readable text on a terminal; `RUST_LOG` filters (default `info`).
+//!
+//! Traces: exported over OTLP only when `OTEL_EXPORTER_OTLP_ENDPOINT` (or the traces-specific
+//! variable) is set; otherwise no OpenTelemetry layer is installed at all, so nothing slows down.
+//! gRPC by default, `OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf` as the alternative. The SDK reads
+//! `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER(_ARG)` and `OTEL_BSP_*`.
+//! Export runs on the batch processor's own thread with a bounded queue: a missing or slow
+//! collector costs one warning and dropped spans, never a stalled call.
+use std::fmt;
 use std::io::IsTerminal;
 
-use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+use opentelemetry::propagation::{Extractor, Injector, TextMapCompositePropagator};
+use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
+use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
+use serde_json::{Map, Value};
+use std::sync::atomic::{AtomicBool, Ordering};
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::{EnvFilter, Layer, fmt as tfmt, prelude::*};
 
-/// Keeps telemetry alive; dropping it flushes what is buffered.
+/// Keeps telemetry alive; [`TelemetryGuard::shutdown`] flushes the last spans.
 #[must_use = "telemetry stops when the guard is dropped"]
 #[derive(Debug)]
 pub struct TelemetryGuard {
-    _private: (),
+    provider: Option<SdkTracerProvider>,
+}
+
+impl TelemetryGuard {
+    /// Whether spans are exported.
+    pub fn exporting(&self) -> bool {
+        self.provider.is_some()
+    }
+
+    /// Flushes and stops the exporter. `SdkTracerProvider::shutdown` blocks while the exporter
+    /// still needs the runtime, so it runs on a blocking thread.
+    pub async fn shutdown(mut self) {
+        if let Some(provider) = self.provider.take() {
+            let flushed = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+            if let Ok(Err(err)) = flushed {
+                tracing::warn!(%err, "could not flush the last spans");
+            }
+        }
+    }
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take() {
+            // Off the async worker: the exporter may need the runtime to finish.
+            let _ = std::thread::spawn(move || provider.shutdown()).join();
+        }
+    }
 }
 
 /// Whether logs should be JSON lines.
@@ -22,29 +72,300 @@ pub fn json_logs() -> bool {
     }
 }
 
-/// Installs the global subscriber for `service_name`. Logs go to stderr so that stdout stays
-/// for a binary's real output (the orchestrator's report).
-pub fn init(service_name: &str) -> TelemetryGuard {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let registry = tracing_subscriber::registry().with(filter);
-    let result = if json_logs() {
-        registry
-            .with(
-                fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(false)
-                    .with_writer(std::io::stderr),
-            )
-            .try_init()
+fn env_set(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| !v.trim().is_empty())
+}
+
+/// Whether an OTLP endpoint is configured and the SDK is not disabled.
+pub fn export_configured() -> bool {
+    let disabled = std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true"));
+    !disabled
+        && (env_set("OTEL_EXPORTER_OTLP_ENDPOINT") || env_set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+}
+
+fn resource(service_name: &str) -> Resource {
+    let detected = Resource::builder().build();
+    let named = detected
+        .get(&opentelemetry::Key::new("service.name"))
+        .is_some_and(|name| !name.as_str().starts_with("unknown_service"));
+    let mut builder = Resource::builder()
+        .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")));
+    if !named {
+        builder = builder.with_service_name(service_name.to_owned());
+    }
+    builder.build()
+}
+
+fn http_protocol() -> bool {
+    [
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+    ]
+    .iter()
+    .find_map(|name| std::env::var(name).ok())
+    .is_some_and(|p| p.trim().eq_ignore_ascii_case("http/protobuf"))
+}
+
+fn tracer_provider(service_name: &str) -> Result<SdkTracerProvider, String> {
+    let exporter = if http_protocol() {
+        opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .build()
     } else {
-        registry
-            .with(fmt::layer().with_writer(std::io::stderr).with_target(false))
-            .try_init()
+        opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .build()
+    }
+    .map_err(|err| err.to_string())?;
+    Ok(SdkTracerProvider::builder()
+        .with_batch_exporter(WarnOnce {
+            inner: exporter,
+            warned: AtomicBool::new(false),
+        })
+        .with_resource(resource(service_name))
+        .build())
+}
+
+/// An exporter that says once, in the log, that the collector cannot be reached. Spans that
+/// cannot be exported are dropped: the saga never waits for the collector.
+#[derive(Debug)]
+struct WarnOnce<E> {
+    inner: E,
+    warned: AtomicBool,
+}
+
+impl<E: SpanExporter> SpanExporter for WarnOnce<E> {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let result = self.inner.export(batch).await;
+        if let Err(err) = &result
+            && !self.warned.swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!(%err, "cannot export spans; dropping them and carrying on (warned once)");
+        }
+        result
+    }
+
+    fn shutdown_with_timeout(&self, timeout: std::time::Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+/// Installs logging and, when configured, trace export for `service_name` (the default
+/// `service.name`). Logs go to stderr so that stdout stays for a binary's real output.
+pub fn init(service_name: &str) -> TelemetryGuard {
+    opentelemetry::global::set_text_map_propagator(TextMapCompositePropagator::new(vec![
+        Box::new(TraceContextPropagator::new()),
+        Box::new(BaggagePropagator::new()),
+    ]));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let (provider, problem) = if export_configured() {
+        match tracer_provider(service_name) {
+            Ok(provider) => (Some(provider), None),
+            Err(err) => (None, Some(err)),
+        }
+    } else {
+        (None, None)
     };
-    if result.is_err() {
+    let otel = provider.as_ref().map(|provider| {
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer(service_name.to_owned()))
+            .with_tracked_inactivity(false)
+            .with_threads(false)
+            .with_location(false)
+    });
+    let logs = if json_logs() {
+        tfmt::layer()
+            .event_format(JsonWithTrace)
+            .with_writer(std::io::stderr)
+            .boxed()
+    } else {
+        tfmt::layer()
+            .with_writer(std::io::stderr)
+            .with_target(false)
+            .boxed()
+    };
+    let installed = tracing_subscriber::registry()
+        .with(otel)
+        .with(logs)
+        .with(filter)
+        .try_init();
+    if installed.is_err() {
         // Tests start several services in one process; the first subscriber wins.
         tracing::debug!(service_name, "tracing subscriber already installed");
     }
-    TelemetryGuard { _private: () }
+    if let Some(problem) = problem {
+        tracing::warn!(%problem, "cannot export traces; continuing without them");
+    }
+    TelemetryGuard { provider }
+}
+
+/// The W3C trace id of the current span, if it is being traced.
+pub fn current_trace_id() -> Option<String> {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let context = tracing::Span::current().context();
+    let span = context.span();
+    let span_context = span.span_context();
+    span_context
+        .is_valid()
+        .then(|| span_context.trace_id().to_string())
+}
+
+/// Writes the context of `context` into gRPC request metadata (`traceparent`, `tracestate`,
+/// `baggage`).
+pub fn inject(context: &Context, metadata: &mut tonic::metadata::MetadataMap) {
+    struct MetadataInjector<'a>(&'a mut tonic::metadata::MetadataMap);
+    impl Injector for MetadataInjector<'_> {
+        fn set(&mut self, key: &str, value: String) {
+            if let (Ok(key), Ok(value)) = (
+                tonic::metadata::MetadataKey::from_bytes(key.as_bytes()),
+                tonic::metadata::MetadataValue::try_from(value),
+            ) {
+                self.0.insert(key, value);
+            }
+        }
+    }
+    opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.inject_context(context, &mut MetadataInjector(metadata));
+    });
+}
+
+/// Reads a trace context from HTTP/2 request headers.
+pub fn extract(headers: &http::HeaderMap) -> Context {
+    struct HeaderExtractor<'a>(&'a http::HeaderMap);
+    impl Extractor for HeaderExtractor<'_> {
+        fn get(&self, key: &str) -> Option<&str> {
+            self.0.get(key).and_then(|v| v.to_str().ok())
+        }
+        fn keys(&self) -> Vec<&str> {
+            self.0.keys().map(http::HeaderName::as_str).collect()
+        }
+    }
+    opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.extract(&HeaderExtractor(headers))
+    })
+}
+
+/// The context handed down in the `TRACEPARENT` (and `TRACESTATE`) environment variables, as a
+/// CI system or a Job template can set them.
+pub fn context_from_env() -> Option<Context> {
+    let traceparent = std::env::var("TRACEPARENT").ok()?;
+    let mut headers = http::HeaderMap::new();
+    headers.insert("traceparent", traceparent.parse().ok()?);
+    if let Some(state) = std::env::var("TRACESTATE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        headers.insert("tracestate", state);
+    }
+    let context = extract(&headers);
+    context.span().span_context().is_valid().then_some(context)
+}
+
+/// JSON lines with the event's fields flattened, its span's name, and the trace and span ids.
+struct JsonWithTrace;
+
+impl<S, N> FormatEvent<S, N> for JsonWithTrace
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let mut line = Map::new();
+        let mut timestamp = String::new();
+        SystemTime.format_time(&mut Writer::new(&mut timestamp))?;
+        line.insert("timestamp".into(), Value::String(timestamp));
+        line.insert(
+            "level".into(),
+            Value::String(event.metadata().level().to_string()),
+        );
+        event.record(&mut JsonVisitor(&mut line));
+        line.insert(
+            "target".into(),
+            Value::String(event.metadata().target().to_owned()),
+        );
+        if let Some(span) = ctx.lookup_current() {
+            line.insert("span".into(), Value::String(span.name().to_owned()));
+            let context = tracing::dispatcher::get_default(|dispatch| {
+                tracing_opentelemetry::get_otel_context(&span.id(), dispatch)
+            });
+            if let Some(context) = context {
+                let otel_span = context.span();
+                let span_context = otel_span.span_context();
+                if span_context.is_valid() {
+                    line.insert(
+                        "trace_id".into(),
+                        Value::String(span_context.trace_id().to_string()),
+                    );
+                    line.insert(
+                        "span_id".into(),
+                        Value::String(span_context.span_id().to_string()),
+                    );
+                }
+            }
+        }
+        let text = serde_json::to_string(&line).map_err(|_| fmt::Error)?;
+        writeln!(writer, "{text}")
+    }
+}
+
+struct JsonVisitor<'a>(&'a mut Map<String, Value>);
+
+impl Visit for JsonVisitor<'_> {
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.0
+            .insert(field.name().to_owned(), Value::String(format!("{value:?}")));
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0
+            .insert(field.name().to_owned(), Value::String(value.to_owned()));
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.0.insert(field.name().to_owned(), Value::from(value));
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.0.insert(field.name().to_owned(), Value::from(value));
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.0.insert(field.name().to_owned(), Value::from(value));
+    }
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.0.insert(field.name().to_owned(), Value::from(value));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn context_round_trips_through_metadata() {
+        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+        let mut headers = http::HeaderMap::new();
+        let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        headers.insert("traceparent", traceparent.parse().unwrap());
+        let context = extract(&headers);
+        assert_eq!(
+            context.span().span_context().trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        inject(&context, &mut metadata);
+        assert_eq!(
+            metadata.get("traceparent").unwrap().to_str().unwrap(),
+            traceparent
+        );
+    }
 }

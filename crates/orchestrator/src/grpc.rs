@@ -142,17 +142,70 @@ fn get_shipment_target(by: &By) -> shipping::get_shipment_request::Target {
     }
 }
 
+/// Marks a client span with the call's status code (any non-OK code is an error).
+fn record_status<T>(span: &tracing::Span, result: &Result<T, Status>) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let code = result
+        .as_ref()
+        .map_or_else(|status| status.code(), |_| tonic::Code::Ok);
+    span.record("rpc.grpc.status_code", code as i32);
+    if let Err(status) = result {
+        span.set_status(opentelemetry::trace::Status::error(format!(
+            "{:?}: {}",
+            status.code(),
+            status.message()
+        )));
+    }
+}
+
+impl GrpcParticipants {
+    /// One RPC in a client span (`package.Service/Method`), whose context travels to the server
+    /// in the request metadata.
+    async fn call<Q, A, F, Fut>(
+        &self,
+        path: &'static str,
+        message: Q,
+        inject_failure: bool,
+        send: F,
+    ) -> Result<A, Status>
+    where
+        F: FnOnce(Request<Q>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<A>, Status>>,
+    {
+        use tracing::Instrument;
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+        let (service, method) = path.split_once('/').unwrap_or((path, ""));
+        let span = tracing::info_span!(
+            "grpc.client",
+            otel.name = path,
+            otel.kind = "client",
+            rpc.system = "grpc",
+            rpc.service = service,
+            rpc.method = method,
+            rpc.grpc.status_code = tracing::field::Empty,
+        );
+        let mut request = self.request(message, inject_failure);
+        saga_common::telemetry::inject(&span.context(), request.metadata_mut());
+        let result = send(request).instrument(span.clone()).await;
+        record_status(&span, &result);
+        result.map(tonic::Response::into_inner)
+    }
+}
+
 impl Participants for GrpcParticipants {
     async fn create_order(
         &self,
         request: order::CreateOrderRequest,
     ) -> Result<order::Order, Status> {
-        let response = self
-            .order
-            .clone()
-            .create_order(self.request(request, false))
+        let mut client = self.order.clone();
+        let path = "order.v1.OrderService/CreateOrder";
+        let reply = self
+            .call(path, request, false, |r| async move {
+                client.create_order(r).await
+            })
             .await?;
-        response.into_inner().order.ok_or_else(|| missing("order"))
+        reply.order.ok_or_else(|| missing("order"))
     }
 
     async fn cancel_order(&self, order_id: &str, reason: &str) -> Result<order::Order, Status> {
@@ -160,36 +213,42 @@ impl Participants for GrpcParticipants {
             order_id: order_id.to_owned(),
             reason: reason.to_owned(),
         };
-        let response = self
-            .order
-            .clone()
-            .cancel_order(self.request(message, false))
+        let mut client = self.order.clone();
+        let path = "order.v1.OrderService/CancelOrder";
+        let reply = self
+            .call(path, message, false, |r| async move {
+                client.cancel_order(r).await
+            })
             .await?;
-        response.into_inner().order.ok_or_else(|| missing("order"))
+        reply.order.ok_or_else(|| missing("order"))
     }
 
     async fn approve_order(&self, order_id: &str) -> Result<order::Order, Status> {
         let message = order::ApproveOrderRequest {
             order_id: order_id.to_owned(),
         };
-        let response = self
-            .order
-            .clone()
-            .approve_order(self.request(message, false))
+        let mut client = self.order.clone();
+        let path = "order.v1.OrderService/ApproveOrder";
+        let reply = self
+            .call(path, message, false, |r| async move {
+                client.approve_order(r).await
+            })
             .await?;
-        response.into_inner().order.ok_or_else(|| missing("order"))
+        reply.order.ok_or_else(|| missing("order"))
     }
 
     async fn get_order(&self, order_id: &str) -> Result<order::Order, Status> {
         let message = order::GetOrderRequest {
             order_id: order_id.to_owned(),
         };
-        let response = self
-            .order
-            .clone()
-            .get_order(self.request(message, false))
+        let mut client = self.order.clone();
+        let path = "order.v1.OrderService/GetOrder";
+        let reply = self
+            .call(path, message, false, |r| async move {
+                client.get_order(r).await
+            })
             .await?;
-        response.into_inner().order.ok_or_else(|| missing("order"))
+        reply.order.ok_or_else(|| missing("order"))
     }
 
     async fn process_payment(
@@ -197,42 +256,42 @@ impl Participants for GrpcParticipants {
         request: payment::ProcessPaymentRequest,
         inject_failure: bool,
     ) -> Result<payment::Payment, Status> {
-        let request = self.request(request, inject_failure);
-        let response = self.payment.clone().process_payment(request).await?;
-        response
-            .into_inner()
-            .payment
-            .ok_or_else(|| missing("payment"))
+        let mut client = self.payment.clone();
+        let path = "payment.v1.PaymentService/ProcessPayment";
+        let reply = self
+            .call(path, request, inject_failure, |r| async move {
+                client.process_payment(r).await
+            })
+            .await?;
+        reply.payment.ok_or_else(|| missing("payment"))
     }
 
     async fn refund_payment(&self, by: &By) -> Result<payment::Payment, Status> {
         let message = payment::RefundPaymentRequest {
             target: Some(refund_target(by)),
         };
-        let response = self
-            .payment
-            .clone()
-            .refund_payment(self.request(message, false))
+        let mut client = self.payment.clone();
+        let path = "payment.v1.PaymentService/RefundPayment";
+        let reply = self
+            .call(path, message, false, |r| async move {
+                client.refund_payment(r).await
+            })
             .await?;
-        response
-            .into_inner()
-            .payment
-            .ok_or_else(|| missing("payment"))
+        reply.payment.ok_or_else(|| missing("payment"))
     }
 
     async fn get_payment(&self, by: &By) -> Result<payment::Payment, Status> {
         let message = payment::GetPaymentRequest {
             target: Some(get_payment_target(by)),
         };
-        let response = self
-            .payment
-            .clone()
-            .get_payment(self.request(message, false))
+        let mut client = self.payment.clone();
+        let path = "payment.v1.PaymentService/GetPayment";
+        let reply = self
+            .call(path, message, false, |r| async move {
+                client.get_payment(r).await
+            })
             .await?;
-        response
-            .into_inner()
-            .payment
-            .ok_or_else(|| missing("payment"))
+        reply.payment.ok_or_else(|| missing("payment"))
     }
 
     async fn start_shipping(
@@ -240,41 +299,41 @@ impl Participants for GrpcParticipants {
         request: shipping::StartShippingRequest,
         inject_failure: bool,
     ) -> Result<shipping::Shipment, Status> {
-        let request = self.request(request, inject_failure);
-        let response = self.shipping.clone().start_shipping(request).await?;
-        response
-            .into_inner()
-            .shipment
-            .ok_or_else(|| missing("shipment"))
+        let mut client = self.shipping.clone();
+        let path = "shipping.v1.ShippingService/StartShipping";
+        let reply = self
+            .call(path, request, inject_failure, |r| async move {
+                client.start_shipping(r).await
+            })
+            .await?;
+        reply.shipment.ok_or_else(|| missing("shipment"))
     }
 
     async fn cancel_shipping(&self, by: &By) -> Result<shipping::Shipment, Status> {
         let message = shipping::CancelShippingRequest {
             target: Some(cancel_target(by)),
         };
-        let response = self
-            .shipping
-            .clone()
-            .cancel_shipping(self.request(message, false))
+        let mut client = self.shipping.clone();
+        let path = "shipping.v1.ShippingService/CancelShipping";
+        let reply = self
+            .call(path, message, false, |r| async move {
+                client.cancel_shipping(r).await
+            })
             .await?;
-        response
-            .into_inner()
-            .shipment
-            .ok_or_else(|| missing("shipment"))
+        reply.shipment.ok_or_else(|| missing("shipment"))
     }
 
     async fn get_shipment(&self, by: &By) -> Result<shipping::Shipment, Status> {
         let message = shipping::GetShipmentRequest {
             target: Some(get_shipment_target(by)),
         };
-        let response = self
-            .shipping
-            .clone()
-            .get_shipment(self.request(message, false))
+        let mut client = self.shipping.clone();
+        let path = "shipping.v1.ShippingService/GetShipment";
+        let reply = self
+            .call(path, message, false, |r| async move {
+                client.get_shipment(r).await
+            })
             .await?;
-        response
-            .into_inner()
-            .shipment
-            .ok_or_else(|| missing("shipment"))
+        reply.shipment.ok_or_else(|| missing("shipment"))
     }
 }

@@ -76,10 +76,13 @@ async fn main() -> ExitCode {
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
-    let _telemetry = saga_common::telemetry::init("saga-orchestrator");
-    match cli.command {
+    let telemetry = saga_common::telemetry::init("saga-orchestrator");
+    let code = match cli.command {
         Command::Run(args) => run(args, settings).await,
-    }
+    };
+    // The last saga's spans leave before the process does, also after SIGTERM.
+    telemetry.shutdown().await;
+    code
 }
 
 async fn run(args: RunArgs, settings: OrchestratorSettings) -> ExitCode {
@@ -118,17 +121,25 @@ async fn run(args: RunArgs, settings: OrchestratorSettings) -> ExitCode {
     };
     tracing::info!(run_id = %batch.run_id, sagas = batch.scenarios.len(), "run started");
     let output = args.output;
-    let reports = batch
-        .run(participants, Arc::new(settings), |report| {
-            print(output, report)
-        })
-        .await;
+    let trace_ui = settings.jaeger_ui.clone();
+    let sagas = batch.run(participants, Arc::new(settings), |report| {
+        print(output, report, &trace_ui);
+    });
+    let reports = tokio::select! {
+        reports = sagas => reports,
+        () = saga_common::shutdown::signal() => {
+            // Sagas in flight stop here; rerunning the same --run-id finishes them, since every
+            // step is idempotent.
+            eprintln!("saga-orchestrator: interrupted; rerun with --run-id {} to finish", batch.run_id);
+            return ExitCode::from(130);
+        }
+    };
     summarize(output, &batch, &reports)
 }
 
-fn print(output: Output, report: &SagaReport) {
+fn print(output: Output, report: &SagaReport, trace_ui: &str) {
     match output {
-        Output::Text => print!("{}", report.to_text()),
+        Output::Text => print!("{}", report.to_text(trace_ui)),
         Output::Json => println!("{}", report.to_json()),
     }
 }

@@ -83,6 +83,12 @@ pub struct SagaReport {
     pub shipping_id: Option<String>,
     pub steps: Vec<StepReport>,
     pub duration_ms: u64,
+    /// Whether a compensation found a shipment that had been started or had failed.
+    #[serde(skip)]
+    pub shipped_before: bool,
+    /// The saga's trace, when traces are exported.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub consistency: Option<Consistency>,
 }
@@ -99,6 +105,8 @@ impl SagaReport {
             shipping_id: None,
             steps: Vec::new(),
             duration_ms: 0,
+            shipped_before: false,
+            trace_id: None,
             consistency: None,
         }
     }
@@ -108,8 +116,9 @@ impl SagaReport {
         self.outcome.is_settled() && self.consistency.as_ref().is_none_or(|c| c.consistent)
     }
 
-    /// Human-readable lines: the headline, then the ids and anything that went wrong.
-    pub fn to_text(&self) -> String {
+    /// Human-readable lines: the headline, then the ids, the trace (linked in the UI at
+    /// `trace_ui`) and anything that went wrong.
+    pub fn to_text(&self, trace_ui: &str) -> String {
         let mut text = format!("{}\n", self.outcome.headline());
         let id = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
         text.push_str(&format!(
@@ -122,6 +131,10 @@ impl SagaReport {
         ));
         if let Some(reason) = &self.reason {
             text.push_str(&format!("    reason: {reason}\n"));
+        }
+        if let Some(trace_id) = &self.trace_id {
+            let ui = trace_ui.trim_end_matches('/');
+            text.push_str(&format!("    trace {trace_id} {ui}/trace/{trace_id}\n"));
         }
         if let Some(consistency) = self.consistency.as_ref().filter(|c| !c.consistent) {
             for violation in &consistency.violations {
@@ -163,10 +176,14 @@ mod tests {
         let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
         assert_eq!(json["outcome"], "payment_failed");
         assert_eq!(json["scenario"], "success");
+        let text = report.to_text("http://ui");
+        assert!(text.starts_with(Outcome::PaymentFailed.headline()));
+        assert!(!text.contains("trace"));
+        report.trace_id = Some("abc".into());
         assert!(
             report
-                .to_text()
-                .starts_with(Outcome::PaymentFailed.headline())
+                .to_text("http://ui/")
+                .contains("trace abc http://ui/trace/abc")
         );
     }
 }

@@ -9,7 +9,6 @@ use crate::participants::Participants;
 use crate::report::SagaReport;
 use crate::saga::{Saga, SagaPlan, Scenario};
 use crate::settings::OrchestratorSettings;
-use crate::verify;
 
 /// A batch: which scenarios, in which order, how many at once.
 #[derive(Debug, Clone)]
@@ -75,12 +74,9 @@ impl Batch {
                     participants: participants.as_ref(),
                     retry: &settings.retry,
                     compensation_retry: &settings.compensation_retry,
+                    verify,
                 };
-                let mut report = saga.run(&plan).await;
-                if verify {
-                    verify::check(participants.as_ref(), &settings.retry, &mut report).await;
-                }
-                (index, report)
+                (index, saga.run(&plan).await)
             });
             while let Some(Ok((index, report))) = tasks.try_join_next() {
                 done(&report);

@@ -12,6 +12,8 @@ use saga_proto::payment::v1 as payment;
 use saga_proto::shipping::v1 as shipping;
 use serde::Serialize;
 use tonic::{Code, Status};
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::participants::{By, Participants};
 use crate::report::{Outcome, SagaReport, StepReport};
@@ -60,6 +62,8 @@ pub struct Saga<'a, P> {
     pub participants: &'a P,
     pub retry: &'a RetryPolicy,
     pub compensation_retry: &'a RetryPolicy,
+    /// Read the participants back after the saga (inside its trace).
+    pub verify: bool,
 }
 
 /// A compensating action.
@@ -70,9 +74,13 @@ enum Undo {
     CancelOrder(String),
 }
 
-/// The state a response leaves its resource in, for the step report.
+/// The state a response leaves its resource in, for the step report, and whether that state
+/// fails a forward step.
 trait Describe {
     fn describe(&self) -> String;
+    fn failure(&self) -> Option<String> {
+        None
+    }
 }
 
 impl Describe for order::Order {
@@ -85,11 +93,19 @@ impl Describe for payment::Payment {
     fn describe(&self) -> String {
         self.status().as_str_name().to_owned()
     }
+    fn failure(&self) -> Option<String> {
+        (self.status() != payment::PaymentStatus::Completed)
+            .then(|| format!("payment {}: {}", self.describe(), self.decline_reason))
+    }
 }
 
 impl Describe for shipping::Shipment {
     fn describe(&self) -> String {
         self.status().as_str_name().to_owned()
+    }
+    fn failure(&self) -> Option<String> {
+        (self.status() != shipping::ShipmentStatus::Started)
+            .then(|| format!("shipment {}: {}", self.describe(), self.failure_reason))
     }
 }
 
@@ -99,11 +115,40 @@ fn status_text(status: &Status) -> String {
 
 impl<P: Participants> Saga<'_, P> {
     /// Runs one saga to its end and reports it. Never panics on a service's answer.
+    ///
+    /// The saga is one trace: a root span (joining `TRACEPARENT` when given), a child span per
+    /// step and compensation, and under those the gRPC client spans whose context the services
+    /// continue.
     pub async fn run(&self, plan: &SagaPlan) -> SagaReport {
+        let root = tracing::info_span!(
+            "saga",
+            otel.name = "saga CreateOrder",
+            saga.id = %plan.saga_id,
+            saga.scenario = ?plan.scenario,
+            saga.outcome = tracing::field::Empty,
+            order.id = tracing::field::Empty,
+            payment.id = tracing::field::Empty,
+            shipping.id = tracing::field::Empty,
+        );
+        if let Some(parent) = saga_common::telemetry::context_from_env() {
+            let _ = root.set_parent(parent);
+        }
         let started = Instant::now();
         let mut report = SagaReport::new(plan.saga_id.clone(), plan.scenario);
-        self.drive(plan, &mut report).await;
-        report.duration_ms = elapsed_ms(started);
+        async {
+            report.trace_id = saga_common::telemetry::current_trace_id();
+            self.drive(plan, &mut report).await;
+            report.duration_ms = elapsed_ms(started);
+            if self.verify {
+                let span = tracing::info_span!("saga.verify", otel.name = "verify");
+                crate::verify::check(self.participants, self.retry, &mut report)
+                    .instrument(span)
+                    .await;
+            }
+        }
+        .instrument(root.clone())
+        .await;
+        record_outcome(&root, &report);
         report
     }
 
@@ -145,6 +190,10 @@ impl<P: Participants> Saga<'_, P> {
         };
         let order_id = order.order_id.clone();
         report.order_id = Some(order_id.clone());
+        if order.status() != order::OrderStatus::Pending {
+            // An earlier run of this saga got further: finish from what it left.
+            return self.settle_earlier_run(report, &order).await;
+        }
         let cancel_order = Undo::CancelOrder(order_id.clone());
 
         // 2. The charge.
@@ -271,6 +320,40 @@ impl<P: Participants> Saga<'_, P> {
         }
     }
 
+    /// The order of a rerun saga is no longer PENDING. APPROVED: the saga completed. CANCELLED:
+    /// it was compensated; the compensations run again by order id (they are idempotent) so
+    /// nothing stays charged or shipping, and no forward step runs against a cancelled order.
+    async fn settle_earlier_run(&self, report: &mut SagaReport, order: &order::Order) {
+        let by = By::Order(order.order_id.clone());
+        if order.status() == order::OrderStatus::Approved {
+            let p = self.participants;
+            if let Ok(payment) = self
+                .step(report, "GetPayment", false, || p.get_payment(&by))
+                .await
+            {
+                report.payment_id = Some(payment.payment_id);
+            }
+            if let Ok(shipment) = self
+                .step(report, "GetShipment", false, || p.get_shipment(&by))
+                .await
+            {
+                report.shipping_id = Some(shipment.shipping_id);
+            }
+            return self.end(report, Outcome::Completed, String::new());
+        }
+        let why = format!(
+            "order was {} by an earlier run",
+            order.status().as_str_name()
+        );
+        let undo = vec![Undo::CancelShipping(by.clone()), Undo::RefundPayment(by)];
+        self.compensate(report, Outcome::PaymentFailed, why, undo)
+            .await;
+        // A shipment with an address was really started (or failed) before: shipping failed.
+        if report.outcome == Outcome::PaymentFailed && report.shipped_before {
+            report.outcome = Outcome::ShippingFailed;
+        }
+    }
+
     /// Runs the compensations in order. All of them are attempted even if one fails, so as
     /// little as possible is left behind.
     async fn compensate(
@@ -315,6 +398,7 @@ impl<P: Participants> Saga<'_, P> {
                 .step(report, "CancelShipping", true, || p.cancel_shipping(by))
                 .await
                 .map(|shipment| {
+                    report.shipped_before = !shipment.address.is_empty();
                     report.shipping_id.get_or_insert(shipment.shipping_id);
                 }),
         };
@@ -344,13 +428,34 @@ impl<P: Participants> Saga<'_, P> {
         } else {
             self.retry
         };
+        let span = tracing::info_span!(
+            "saga.step",
+            otel.name = step,
+            saga.step = step,
+            saga.compensation = compensation,
+            saga.attempts = tracing::field::Empty,
+        );
         let started = Instant::now();
-        let result = policy.run(call).await;
+        let result = policy.run(call).instrument(span.clone()).await;
         let (outcome, detail, attempts) = match &result {
             Ok((value, attempts)) => ("ok", value.describe(), *attempts),
             Err(failed) => ("error", status_text(&failed.status), failed.attempts),
         };
-        tracing::info!(saga_id = %report.saga_id, step, compensation, outcome, %detail, attempts, "saga step");
+        span.record("saga.attempts", attempts);
+        let failure = match &result {
+            Ok((value, _)) if !compensation => value.failure(),
+            Ok(_) => None,
+            Err(_) => Some(detail.clone()),
+        };
+        span.in_scope(|| match &failure {
+            Some(reason) => {
+                tracing::warn!(saga_id = %report.saga_id, step, compensation, %reason, attempts, "saga step failed");
+                span.set_status(opentelemetry::trace::Status::error(reason.clone()));
+            }
+            None => {
+                tracing::info!(saga_id = %report.saga_id, step, compensation, %detail, attempts, "saga step");
+            }
+        });
         report.steps.push(StepReport {
             step,
             compensation,
@@ -372,6 +477,28 @@ impl SagaReport {
             .find(|step| !step.compensation)
             .map(|step| format!("saga {}: {} {}", self.saga_id, step.step, step.detail))
             .unwrap_or_default()
+    }
+}
+
+/// The saga's ids and outcome on its root span; a saga that did not complete is an error there,
+/// with its reason.
+fn record_outcome(root: &tracing::Span, report: &SagaReport) {
+    root.record("saga.outcome", format!("{:?}", report.outcome));
+    for (field, value) in [
+        ("order.id", &report.order_id),
+        ("payment.id", &report.payment_id),
+        ("shipping.id", &report.shipping_id),
+    ] {
+        if let Some(value) = value {
+            root.record(field, value.as_str());
+        }
+    }
+    if report.outcome != Outcome::Completed || !report.is_ok() {
+        let reason = report
+            .reason
+            .clone()
+            .unwrap_or_else(|| "the participants disagree with the outcome".into());
+        root.set_status(opentelemetry::trace::Status::error(reason));
     }
 }
 

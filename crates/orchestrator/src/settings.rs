@@ -27,6 +27,8 @@ pub struct OrchestratorSettings {
     pub user_id: String,
     /// Delivery address of the demo orders (`SAGA_SHIPPING_ADDRESS`).
     pub shipping_address: String,
+    /// Trace UI that the printed trace links point at (`SAGA_JAEGER_UI`).
+    pub jaeger_ui: String,
 }
 
 impl Default for OrchestratorSettings {
@@ -43,6 +45,7 @@ impl Default for OrchestratorSettings {
             wait_ready_secs: 30,
             user_id: "demo-user".into(),
             shipping_address: "221B Baker Street, London".into(),
+            jaeger_ui: "http://localhost:16686".into(),
         }
     }
 }

@@ -25,8 +25,10 @@ metadata:
   namespace: {{ $root.Release.Namespace }}
   labels:
     {{- include "order-saga.labels" $ctx | nindent 4 }}
+  {{- with include "order-saga.checkovSkips" (dict "root" $root "image" $svc.image) | trim }}
   annotations:
-    {{- include "order-saga.imageWaivers" $svc.image | nindent 4 }}
+    {{- . | nindent 4 }}
+  {{- end }}
 spec:
   replicas: {{ $svc.replicaCount | int64 }}
   revisionHistoryLimit: 3
@@ -43,8 +45,9 @@ spec:
       labels:
         {{- include "order-saga.labels" $ctx | nindent 8 }}
     spec:
-      # Service links would add e.g. ORDER_SAGA_ORDER_PORT, which the service's
-      # settings (prefix {{ $p }}_, unknown fields denied) would reject at start-up.
+      # Service links would add variables such as ORDER_SAGA_ORDER_PORT for every
+      # Service in the namespace; one starting with {{ $p }}_ would be read as a setting
+      # (unknown fields are denied) and stop the service at start-up.
       enableServiceLinks: false
       automountServiceAccountToken: false
       terminationGracePeriodSeconds: {{ $terminationGrace }}
@@ -79,7 +82,7 @@ spec:
             - name: {{ $p }}_FAULTS__ALLOW_INJECTION
               value: {{ $svc.faults.allowInjection | toString | quote }}
             {{- end }}
-            {{- include "order-saga.commonEnv" (dict "root" $root "component" $facts.component "image" $svc.image) | nindent 12 }}
+            {{- include "order-saga.commonEnv" (dict "root" $root "component" $facts.component "image" $svc.image) | trim | nindent 12 }}
           # Native gRPC probes ask for the named service: tonic-health reports the
           # overall "" SERVING as soon as it starts, the named one only once ready.
           startupProbe:
@@ -114,6 +117,10 @@ metadata:
   namespace: {{ $root.Release.Namespace }}
   labels:
     {{- include "order-saga.labels" $ctx | nindent 4 }}
+  {{- with include "order-saga.checkovSkips" (dict "root" $root) | trim }}
+  annotations:
+    {{- . | nindent 4 }}
+  {{- end }}
 spec:
   type: ClusterIP
   selector:
