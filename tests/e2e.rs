@@ -55,18 +55,23 @@ fn json_output_is_one_object_per_saga() {
         .unwrap();
     assert!(output.status.success(), "{output:?}");
     let stdout = String::from_utf8(output.stdout).unwrap();
-    let sagas: Vec<serde_json::Value> = stdout
+    let lines: Vec<serde_json::Value> = stdout
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
+    let (summary, sagas) = lines.split_last().unwrap();
     assert_eq!(sagas.len(), 3);
+    assert_eq!(summary["summary"]["sagas"], 3);
+    assert_eq!(summary["summary"]["compensated"], 3);
+    assert_eq!(summary["summary"]["verified"], 3);
+    assert!(summary["summary"]["latency"]["p99_ms"].as_f64().unwrap() > 0.0);
     let mut ids: Vec<&str> = sagas
         .iter()
         .map(|s| s["saga_id"].as_str().unwrap())
         .collect();
     ids.sort_unstable();
     assert_eq!(ids, ["e2e-json-0", "e2e-json-1", "e2e-json-2"]);
-    for saga in &sagas {
+    for saga in sagas {
         assert_eq!(saga["outcome"], "shipping_failed");
         assert_eq!(saga["consistency"]["consistent"], true);
         let steps: Vec<&str> = saga["steps"]

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use payment_service::payments::PaymentStatus;
 
 use saga_common::faults::{BusinessFaults, TransientFaults};
-use saga_orchestrator::runner::Batch;
+use saga_orchestrator::runner::{Batch, Scenarios};
 use saga_orchestrator::saga::Saga;
 use saga_orchestrator::{Outcome, Participants, SagaPlan, Scenario};
 use saga_proto::order::v1 as order;
@@ -221,17 +221,25 @@ async fn half_of_all_calls_failing_transiently_still_converges() {
     .await;
     let batch = Batch {
         run_id: "flaky".into(),
-        scenarios: Scenario::ALL.repeat(10),
+        scenarios: Scenarios::Cycle(Scenario::ALL.to_vec()),
+        range: 0..30,
         concurrency: 8,
-        verify: true,
+        verify_sample: 1.0,
     };
-    let reports = batch
+    let mut reports = Vec::new();
+    batch
         .run(
             Arc::new(cluster.participants()),
             Arc::new(cluster.settings()),
-            |_| {},
+            |report| reports.push(report),
         )
         .await;
+    reports.sort_by_key(|r| {
+        r.saga_id
+            .rsplit('-')
+            .next()
+            .and_then(|i| i.parse::<u32>().ok())
+    });
     assert_eq!(reports.len(), 30);
     let mut retried = 0;
     for (report, scenario) in reports.iter().zip(Scenario::ALL.repeat(10)) {

@@ -49,7 +49,8 @@ fn run_orchestrator(
     String::from_utf8(output.stdout)
         .unwrap()
         .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .filter(|value| value.get("summary").is_none())
         .collect()
 }
 

@@ -106,14 +106,27 @@ fn http_protocol() -> bool {
     .is_some_and(|p| p.trim().eq_ignore_ascii_case("http/protobuf"))
 }
 
+/// Export retries stay short: a blip of the collector is bridged, a dead one costs a binary at
+/// most a few hundred milliseconds on exit (the exporter's default would be about a second).
+fn retry_policy() -> opentelemetry_otlp::RetryPolicy {
+    opentelemetry_otlp::RetryPolicy::default()
+        .with_max_retries(2)
+        .with_initial_delay(std::time::Duration::from_millis(50))
+        .with_max_delay(std::time::Duration::from_millis(200))
+        .with_max_jitter(std::time::Duration::from_millis(20))
+}
+
 fn tracer_provider(service_name: &str) -> Result<SdkTracerProvider, String> {
+    use opentelemetry_otlp::{WithHttpConfig, WithTonicConfig};
     let exporter = if http_protocol() {
         opentelemetry_otlp::SpanExporter::builder()
             .with_http()
+            .with_retry_policy(retry_policy())
             .build()
     } else {
         opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
+            .with_retry_policy(retry_policy())
             .build()
     }
     .map_err(|err| err.to_string())?;

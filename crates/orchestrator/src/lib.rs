@@ -2,8 +2,8 @@
 //!
 //! `saga` drives one saga and its compensations over any [`Participants`]; `grpc` is the real
 //! implementation over tonic; `retry` is the backoff policy; `verify` reads participants' state
-//! back and checks it against the saga's outcome; `report` renders results; `settings` loads
-//! the configuration.
+//! back and checks it against the saga's outcome; `report` renders results; `stats` sums a
+//! batch up; `runner` runs batches; `settings` loads the configuration.
 
 pub mod grpc;
 pub mod participants;
@@ -12,6 +12,7 @@ pub mod retry;
 pub mod runner;
 pub mod saga;
 pub mod settings;
+pub mod stats;
 pub mod verify;
 
 pub use participants::Participants;

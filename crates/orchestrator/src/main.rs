@@ -6,7 +6,12 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand, ValueEnum};
 use saga_common::config::{self, EXIT_BAD_CONFIG};
 use saga_orchestrator::grpc::GrpcParticipants;
-use saga_orchestrator::runner::Batch;
+use std::io::IsTerminal;
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use saga_orchestrator::runner::{Batch, Scenarios, seed_of, shard};
+use saga_orchestrator::stats::Stats;
 use saga_orchestrator::{OrchestratorSettings, SagaReport, Scenario};
 
 #[derive(Debug, Parser)]
@@ -44,26 +49,60 @@ enum Output {
     Json,
 }
 
+/// Which per-saga reports to print.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum PrintSagas {
+    /// `all` for runs of up to 20 sagas, `problems` beyond.
+    Auto,
+    All,
+    /// Only sagas that failed or are inconsistent.
+    Problems,
+    None,
+}
+
 #[derive(Debug, clap::Args)]
 struct RunArgs {
     /// Which saga to run. Failures are asked of the services per request, so they must allow
     /// injection (`PAYMENT_FAULTS__ALLOW_INJECTION=true`, `SHIPPING_FAULTS__ALLOW_INJECTION=true`).
-    #[arg(long, value_enum, default_value_t = ScenarioArg::All)]
+    #[arg(long, value_enum, default_value_t = ScenarioArg::All, conflicts_with = "mix")]
     scenario: ScenarioArg,
-    /// How many times to run the scenario (or the three, for `all`).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
-    count: u32,
+    /// A weighted random mix instead, e.g. `success=80,payment-failure=10,shipping-failure=10`.
+    #[arg(long)]
+    mix: Option<String>,
+    /// How many sagas with --mix; how many times to run the scenario (or the three, for `all`)
+    /// otherwise.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    count: u64,
     /// Sagas in flight at once.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4096))]
     concurrency: u32,
     #[arg(long, value_enum, default_value_t = Output::Text)]
     output: Output,
+    #[arg(long, value_enum, default_value_t = PrintSagas::Auto)]
+    print_sagas: PrintSagas,
     /// Names the run; saga ids are `<run-id>-<index>`. Generated when omitted.
     #[arg(long)]
     run_id: Option<String>,
-    /// Skip reading each saga's participants back afterwards.
-    #[arg(long)]
+    /// Fraction of sagas whose participants are read back afterwards. Default: all of them
+    /// for runs of up to 20 sagas, 5% beyond.
+    #[arg(long, value_parser = parse_fraction)]
+    verify_sample: Option<f64>,
+    /// Skip the read-back entirely (same as --verify-sample 0).
+    #[arg(long, conflicts_with = "verify_sample")]
     no_verify: bool,
+    /// This process's shard of the batch (a Kubernetes Indexed Job sets JOB_COMPLETION_INDEX).
+    #[arg(long, env = "JOB_COMPLETION_INDEX", default_value_t = 0)]
+    shard_index: u64,
+    /// How many shards split the batch.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    shard_count: u64,
+}
+
+fn parse_fraction(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(value) if (0.0..=1.0).contains(&value) => Ok(value),
+        _ => Err(format!("'{text}' is not a fraction between 0 and 1")),
+    }
 }
 
 #[tokio::main]
@@ -93,89 +132,101 @@ async fn run(args: RunArgs, settings: OrchestratorSettings) -> ExitCode {
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
+    if args.shard_index >= args.shard_count {
+        eprintln!(
+            "saga-orchestrator: --shard-index {} must be below --shard-count {}",
+            args.shard_index, args.shard_count
+        );
+        return ExitCode::from(EXIT_BAD_CONFIG);
+    }
+    let run_id = args
+        .run_id
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()[..12].to_owned());
+    let (scenarios, total) = match (&args.mix, args.scenario) {
+        (Some(mix), _) => match Scenarios::parse_mix(mix, seed_of(&run_id)) {
+            Ok(scenarios) => (scenarios, args.count),
+            Err(err) => {
+                eprintln!("saga-orchestrator: --mix: {err}");
+                return ExitCode::from(EXIT_BAD_CONFIG);
+            }
+        },
+        (None, ScenarioArg::All) => (Scenarios::Cycle(Scenario::ALL.to_vec()), 3 * args.count),
+        (None, one) => {
+            let scenario = match one {
+                ScenarioArg::PaymentFailure => Scenario::PaymentFailure,
+                ScenarioArg::ShippingFailure => Scenario::ShippingFailure,
+                _ => Scenario::Success,
+            };
+            (Scenarios::Cycle(vec![scenario]), args.count)
+        }
+    };
+    let small = total <= 20;
+    let verify_sample = match (args.no_verify, args.verify_sample) {
+        (true, _) => 0.0,
+        (false, Some(sample)) => sample,
+        (false, None) if small => 1.0,
+        (false, None) => 0.05,
+    };
+    let print_sagas = match args.print_sagas {
+        PrintSagas::Auto if small => PrintSagas::All,
+        PrintSagas::Auto => PrintSagas::Problems,
+        other => other,
+    };
+    let batch = Batch {
+        run_id,
+        scenarios,
+        range: shard(total, args.shard_index, args.shard_count),
+        concurrency: usize::try_from(args.concurrency).unwrap_or(1),
+        verify_sample,
+    };
     if settings.wait_ready_secs > 0
         && let Err(err) = participants.wait_ready(settings.wait_ready()).await
     {
         eprintln!("saga-orchestrator: {err}");
         return ExitCode::FAILURE;
     }
-    let one_round: Vec<Scenario> = match args.scenario {
-        ScenarioArg::Success => vec![Scenario::Success],
-        ScenarioArg::PaymentFailure => vec![Scenario::PaymentFailure],
-        ScenarioArg::ShippingFailure => vec![Scenario::ShippingFailure],
-        ScenarioArg::All => Scenario::ALL.to_vec(),
-    };
-    let count = usize::try_from(args.count).unwrap_or(usize::MAX);
-    let batch = Batch {
-        run_id: args
-            .run_id
-            .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()),
-        scenarios: one_round
-            .iter()
-            .copied()
-            .cycle()
-            .take(one_round.len() * count)
-            .collect(),
-        concurrency: usize::try_from(args.concurrency).unwrap_or(1),
-        verify: !args.no_verify,
-    };
-    tracing::info!(run_id = %batch.run_id, sagas = batch.scenarios.len(), "run started");
+    tracing::info!(run_id = %batch.run_id, first = batch.range.start, sagas = batch.len(), "run started");
+
     let output = args.output;
     let trace_ui = settings.jaeger_ui.clone();
+    let progress = progress_bar(batch.len());
+    let mut stats = Stats::default();
+    let mut first_problem: Option<SagaReport> = None;
+    let started = Instant::now();
     let sagas = batch.run(participants, Arc::new(settings), |report| {
-        print(output, report, &trace_ui);
+        stats.record(&report);
+        let problem = !report.is_ok();
+        if print_sagas == PrintSagas::All || (problem && print_sagas == PrintSagas::Problems) {
+            progress.suspend(|| print(output, &report, &trace_ui));
+        }
+        if problem && first_problem.is_none() {
+            first_problem = Some(report);
+        }
+        progress.inc(1);
     });
-    let reports = tokio::select! {
-        reports = sagas => reports,
+    tokio::select! {
+        () = sagas => {}
         () = saga_common::shutdown::signal() => {
+            progress.abandon();
             // Sagas in flight stop here; rerunning the same --run-id finishes them, since every
-            // step is idempotent.
+            // step is idempotent and a rerun settles what an earlier run left.
             eprintln!("saga-orchestrator: interrupted; rerun with --run-id {} to finish", batch.run_id);
             return ExitCode::from(130);
         }
-    };
-    summarize(output, &batch, &reports)
-}
-
-fn print(output: Output, report: &SagaReport, trace_ui: &str) {
-    match output {
-        Output::Text => print!("{}", report.to_text(trace_ui)),
-        Output::Json => println!("{}", report.to_json()),
     }
-}
-
-/// A summary line (on stdout with text output, stderr with JSON so stdout stays JSON lines),
-/// and the exit code: 0 only if every saga ended completed or fully compensated and its
-/// participants agree.
-fn summarize(output: Output, batch: &Batch, reports: &[SagaReport]) -> ExitCode {
-    let completed = reports
-        .iter()
-        .filter(|r| r.outcome == saga_orchestrator::Outcome::Completed)
-        .count();
-    let compensated = reports
-        .iter()
-        .filter(|r| r.outcome.is_compensated())
-        .count();
-    let inconsistent = reports
-        .iter()
-        .filter(|r| r.consistency.as_ref().is_some_and(|c| !c.consistent))
-        .count();
-    let unsettled = reports.iter().filter(|r| !r.outcome.is_settled()).count();
-    let missing = batch.scenarios.len() - reports.len();
-    let summary = format!(
-        "run {}: {} sagas, {completed} completed, {compensated} compensated, {unsettled} failed, {inconsistent} inconsistent",
-        batch.run_id,
-        batch.scenarios.len()
-    );
+    progress.finish_and_clear();
+    let summary = stats.summary(&batch.run_id, batch.len(), started.elapsed());
     match output {
-        Output::Text => println!("{summary}"),
-        Output::Json => eprintln!("{summary}"),
+        Output::Text if small => println!("{}", summary.headline()),
+        Output::Text => print!("{}", summary.to_text()),
+        Output::Json => println!("{}", serde_json::json!({ "summary": summary })),
     }
-    if unsettled + inconsistent + missing == 0 {
+    if summary.is_ok() {
         return ExitCode::SUCCESS;
     }
-    if let Some(report) = reports.iter().find(|r| !r.is_ok()) {
-        eprintln!(
+    match first_problem {
+        Some(report) => eprintln!(
             "saga-orchestrator: saga {} ended {:?}: {}",
             report.saga_id,
             report.outcome,
@@ -183,7 +234,32 @@ fn summarize(output: Output, batch: &Batch, reports: &[SagaReport]) -> ExitCode 
                 .reason
                 .as_deref()
                 .unwrap_or("participants disagree with the outcome")
-        );
+        ),
+        None => eprintln!(
+            "saga-orchestrator: {} sagas did not report",
+            summary.missing
+        ),
     }
     ExitCode::FAILURE
+}
+
+/// A progress bar with the live rate, on stderr when it is a terminal and the batch is large.
+fn progress_bar(len: u64) -> ProgressBar {
+    if len <= 3 || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len);
+    if let Ok(style) =
+        ProgressStyle::with_template("{bar:40.cyan/blue} {pos}/{len} sagas  {per_sec}  eta {eta}")
+    {
+        bar.set_style(style);
+    }
+    bar
+}
+
+fn print(output: Output, report: &SagaReport, trace_ui: &str) {
+    match output {
+        Output::Text => print!("{}", report.to_text(trace_ui)),
+        Output::Json => println!("{}", report.to_json()),
+    }
 }

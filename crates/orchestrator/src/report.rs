@@ -83,6 +83,7 @@ pub struct SagaReport {
     pub shipping_id: Option<String>,
     pub steps: Vec<StepReport>,
     pub duration_ms: u64,
+    pub duration_us: u64,
     /// Whether a compensation found a shipment that had been started or had failed.
     #[serde(skip)]
     pub shipped_before: bool,
@@ -105,6 +106,7 @@ impl SagaReport {
             shipping_id: None,
             steps: Vec::new(),
             duration_ms: 0,
+            duration_us: 0,
             shipped_before: false,
             trace_id: None,
             consistency: None,

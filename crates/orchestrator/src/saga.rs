@@ -138,7 +138,8 @@ impl<P: Participants> Saga<'_, P> {
         async {
             report.trace_id = saga_common::telemetry::current_trace_id();
             self.drive(plan, &mut report).await;
-            report.duration_ms = elapsed_ms(started);
+            report.duration_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            report.duration_ms = report.duration_us / 1000;
             if self.verify {
                 let span = tracing::info_span!("saga.verify", otel.name = "verify");
                 crate::verify::check(self.participants, self.retry, &mut report)
