@@ -337,6 +337,7 @@ def test_job_defaults(objs) -> None:
     assert "command" not in container  # the image's ENTRYPOINT is saga-orchestrator
     assert container["args"] == [
         "run", "--scenario", "all", "--count", "3", "--concurrency", "2", "--output", "text",
+        "--run-id", "order-saga-orchestrator-1",
     ]
     env = env_dict(container)
     assert env["SAGA_ORDER_URL"] == "http://order-saga-order:50051"
@@ -370,7 +371,8 @@ def test_job_defaults(objs) -> None:
 def test_job_scenarios(name: str, scenario: str, count: str, concurrency: str) -> None:
     args = render.orchestrator_invocation(VARIANTS[name])["args"]
     assert args == ["run", "--scenario", scenario, "--count", count,
-                    "--concurrency", concurrency, "--output", "text"]
+                    "--concurrency", concurrency, "--output", "text",
+                    "--run-id", "order-saga-orchestrator-1"]
 
 
 def test_job_run_options_and_traceparent() -> None:
@@ -383,9 +385,24 @@ def test_job_run_options_and_traceparent() -> None:
 def test_job_sharding_values() -> None:
     job = find_one(render.render(VARIANTS["sharded-job"]), "Job")
     assert (job["spec"]["parallelism"], job["spec"]["completions"]) == (3, 6)
+    # Every pod runs its shard (JOB_COMPLETION_INDEX) of the same run.
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert container["args"][-4:] == ["--run-id", "order-saga-orchestrator-1", "--shard-count", "6"]
     # Helm holds numbers as float64: a large integer must not come out as 1e+06.
     assert job["spec"]["ttlSecondsAfterFinished"] == 1000000
     assert job["spec"]["completionMode"] == "Indexed"
+
+
+def test_job_mix() -> None:
+    values = {"job": {"mix": "success=80,payment-failure=10,shipping-failure=10", "count": 1000}}
+    args = render.orchestrator_invocation(values)["args"]
+    assert args[:5] == ["run", "--mix", "success=80,payment-failure=10,shipping-failure=10", "--count", "1000"]
+    assert "--scenario" not in args
+    # A mix with failures needs injection; a success-only mix does not.
+    off = {"services": {"payment": {"faults": {"allowInjection": False}}}}
+    with pytest.raises(Exception, match="allowInjection"):
+        render.render({**off, **values})
+    render.render({**off, "job": {"mix": "success=1", "count": 5}})
 
 
 def test_job_reruns_on_upgrade() -> None:

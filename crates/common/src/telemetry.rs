@@ -187,28 +187,32 @@ pub fn init(service_name: &str) -> TelemetryGuard {
     } else {
         (None, None)
     };
+    // Each layer filters for itself: RUST_LOG chooses what is logged, not what is traced.
+    // Spans are INFO; events at INFO and above become span events.
     let otel = provider.as_ref().map(|provider| {
         tracing_opentelemetry::layer()
             .with_tracer(provider.tracer(service_name.to_owned()))
             .with_tracked_inactivity(false)
             .with_threads(false)
             .with_location(false)
+            .with_filter(tracing_subscriber::filter::LevelFilter::INFO)
     });
     let logs = if json_logs() {
         tfmt::layer()
             .event_format(JsonWithTrace)
             .with_writer(std::io::stderr)
+            .with_filter(filter)
             .boxed()
     } else {
         tfmt::layer()
             .with_writer(std::io::stderr)
             .with_target(false)
+            .with_filter(filter)
             .boxed()
     };
     let installed = tracing_subscriber::registry()
         .with(otel)
         .with(logs)
-        .with(filter)
         .try_init();
     if installed.is_err() {
         // Tests start several services in one process; the first subscriber wins.

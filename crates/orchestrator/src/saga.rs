@@ -449,12 +449,17 @@ impl<P: Participants> Saga<'_, P> {
             Err(_) => Some(detail.clone()),
         };
         span.in_scope(|| match &failure {
+            // A declined payment is the saga working; a step that ran out of retries is not.
+            Some(reason) if result.is_ok() => {
+                tracing::info!(saga_id = %report.saga_id, step, compensation, %reason, attempts, "saga step failed");
+                span.set_status(opentelemetry::trace::Status::error(reason.clone()));
+            }
             Some(reason) => {
                 tracing::warn!(saga_id = %report.saga_id, step, compensation, %reason, attempts, "saga step failed");
                 span.set_status(opentelemetry::trace::Status::error(reason.clone()));
             }
             None => {
-                tracing::info!(saga_id = %report.saga_id, step, compensation, %detail, attempts, "saga step");
+                tracing::debug!(saga_id = %report.saga_id, step, compensation, %detail, attempts, "saga step");
             }
         });
         report.steps.push(StepReport {

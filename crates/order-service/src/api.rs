@@ -34,7 +34,6 @@ fn reply(result: Result<Order, OrderError>) -> Result<pb::Order, Status> {
 
 #[tonic::async_trait]
 impl OrderService for OrderApi {
-    #[tracing::instrument(skip_all)]
     async fn create_order(
         &self,
         request: Request<pb::CreateOrderRequest>,
@@ -53,7 +52,6 @@ impl OrderService for OrderApi {
         .await
     }
 
-    #[tracing::instrument(skip_all)]
     async fn cancel_order(
         &self,
         request: Request<pb::CancelOrderRequest>,
@@ -66,7 +64,6 @@ impl OrderService for OrderApi {
         .await
     }
 
-    #[tracing::instrument(skip_all)]
     async fn approve_order(
         &self,
         request: Request<pb::ApproveOrderRequest>,
@@ -79,7 +76,6 @@ impl OrderService for OrderApi {
         .await
     }
 
-    #[tracing::instrument(skip_all)]
     async fn get_order(
         &self,
         request: Request<pb::GetOrderRequest>,

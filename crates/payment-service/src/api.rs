@@ -42,7 +42,6 @@ fn target(target: Option<Target>) -> Result<Target, Status> {
 
 #[tonic::async_trait]
 impl PaymentService for PaymentApi {
-    #[tracing::instrument(skip_all)]
     async fn process_payment(
         &self,
         request: Request<pb::ProcessPaymentRequest>,
@@ -61,7 +60,6 @@ impl PaymentService for PaymentApi {
         .await
     }
 
-    #[tracing::instrument(skip_all)]
     async fn refund_payment(
         &self,
         request: Request<pb::RefundPaymentRequest>,
@@ -74,7 +72,6 @@ impl PaymentService for PaymentApi {
         .await
     }
 
-    #[tracing::instrument(skip_all)]
     async fn get_payment(
         &self,
         request: Request<pb::GetPaymentRequest>,

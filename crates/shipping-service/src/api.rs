@@ -42,7 +42,6 @@ fn target(target: Option<Target>) -> Result<Target, Status> {
 
 #[tonic::async_trait]
 impl ShippingService for ShippingApi {
-    #[tracing::instrument(skip_all)]
     async fn start_shipping(
         &self,
         request: Request<pb::StartShippingRequest>,
@@ -56,7 +55,6 @@ impl ShippingService for ShippingApi {
         .await
     }
 
-    #[tracing::instrument(skip_all)]
     async fn cancel_shipping(
         &self,
         request: Request<pb::CancelShippingRequest>,
@@ -69,7 +67,6 @@ impl ShippingService for ShippingApi {
         .await
     }
 
-    #[tracing::instrument(skip_all)]
     async fn get_shipment(
         &self,
         request: Request<pb::GetShipmentRequest>,

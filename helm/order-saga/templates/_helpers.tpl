@@ -249,17 +249,26 @@ Arguments of `saga-orchestrator run` from .Values.job (the image's ENTRYPOINT is
 {{- define "order-saga.orchestratorArgs" -}}
 {{- $j := .Values.job }}
 - run
+{{- if $j.mix }}
+- --mix
+- {{ $j.mix | quote }}
+{{- else }}
 - --scenario
 - {{ $j.scenario | quote }}
+{{- end }}
 - --count
 - {{ $j.count | int64 | toString | quote }}
 - --concurrency
 - {{ $j.concurrency | int64 | toString | quote }}
 - --output
 - {{ $j.output | quote }}
-{{- with $j.runId }}
+{{- /* A fixed run id per revision: a retried pod, or another shard, addresses the same sagas. */}}
 - --run-id
-- {{ . | quote }}
+- {{ $j.runId | default (printf "%s-%d" (include "order-saga.orchestratorName" .) (int64 .Release.Revision)) | quote }}
+{{- if gt (int64 $j.completions) 1 }}
+{{- /* Each pod runs its share; Kubernetes sets JOB_COMPLETION_INDEX, the shard index. */}}
+- --shard-count
+- {{ $j.completions | int64 | toString | quote }}
 {{- end }}
 {{- if not $j.verify }}
 - --no-verify
