@@ -53,14 +53,15 @@ async fn success_approves_charges_and_ships() {
     let order = cluster
         .orders
         .get(report.order_id.as_deref().unwrap())
+        .await
         .unwrap();
     assert_eq!(order.status, order_service::orders::OrderStatus::Approved);
     assert_eq!(order.total_minor, 3999 + 2 * 1250);
-    let payments = cluster.payments_all();
+    let payments = cluster.payments_all().await;
     assert_eq!(payments.len(), 1);
     assert_eq!(payments[0].status, PaymentStatus::Completed);
     assert_eq!(payments[0].amount_minor, order.total_minor);
-    let shipments = cluster.shipments_all();
+    let shipments = cluster.shipments_all().await;
     assert_eq!(shipments.len(), 1);
     assert_eq!(shipments[0].status, ShipmentStatus::Started);
     let steps: Vec<_> = report.steps.iter().map(|s| s.step).collect();
@@ -84,13 +85,17 @@ async fn payment_failure_cancels_the_order() {
     let order = cluster
         .orders
         .get(report.order_id.as_deref().unwrap())
+        .await
         .unwrap();
     assert_eq!(order.status, order_service::orders::OrderStatus::Cancelled);
     assert!(order.cancel_reason.unwrap().contains("ProcessPayment"));
-    let payments = cluster.payments_all();
+    let payments = cluster.payments_all().await;
     assert_eq!(payments.len(), 1);
     assert_eq!(payments[0].status, PaymentStatus::Declined);
-    assert!(cluster.shipments_all().is_empty(), "no shipment may start");
+    assert!(
+        cluster.shipments_all().await.is_empty(),
+        "no shipment may start"
+    );
     let compensations: Vec<_> = report
         .steps
         .iter()
@@ -109,10 +114,17 @@ async fn shipping_failure_refunds_and_cancels() {
     let order = cluster
         .orders
         .get(report.order_id.as_deref().unwrap())
+        .await
         .unwrap();
     assert_eq!(order.status, order_service::orders::OrderStatus::Cancelled);
-    assert_eq!(cluster.payments_all()[0].status, PaymentStatus::Refunded);
-    assert_eq!(cluster.shipments_all()[0].status, ShipmentStatus::Failed);
+    assert_eq!(
+        cluster.payments_all().await[0].status,
+        PaymentStatus::Refunded
+    );
+    assert_eq!(
+        cluster.shipments_all().await[0].status,
+        ShipmentStatus::Failed
+    );
     let compensations: Vec<_> = report
         .steps
         .iter()
@@ -135,7 +147,7 @@ async fn failure_scenarios_are_refused_when_injection_is_off() {
             .unwrap()
             .contains("allow_injection")
     );
-    assert!(cluster.payments_all().is_empty());
+    assert!(cluster.payments_all().await.is_empty());
 }
 
 #[tokio::test]
@@ -148,9 +160,9 @@ async fn replaying_a_saga_changes_nothing() {
         (&first.order_id, &first.payment_id, &first.shipping_id),
         (&again.order_id, &again.payment_id, &again.shipping_id)
     );
-    assert_eq!(cluster.orders_all().len(), 1);
-    assert_eq!(cluster.payments_all().len(), 1, "one charge");
-    assert_eq!(cluster.shipments_all().len(), 1);
+    assert_eq!(cluster.orders_all().await.len(), 1);
+    assert_eq!(cluster.payments_all().await.len(), 1, "one charge");
+    assert_eq!(cluster.shipments_all().await.len(), 1);
 }
 
 #[tokio::test]
@@ -175,7 +187,7 @@ async fn mutating_calls_are_idempotent() {
     // Even a repeat that asks for a decline returns the first (completed) payment.
     let pay2 = p.process_payment(charge.clone(), true).await.unwrap();
     assert_eq!(pay1, pay2);
-    assert_eq!(cluster.payments_all().len(), 1);
+    assert_eq!(cluster.payments_all().await.len(), 1);
 
     let by = saga_orchestrator::participants::By::Id(pay1.payment_id.clone());
     let r1 = p.refund_payment(&by).await.unwrap();
@@ -199,7 +211,7 @@ async fn mutating_calls_are_idempotent() {
         p.create_order(other).await.unwrap_err().code(),
         Code::FailedPrecondition
     );
-    assert_eq!(cluster.orders_all().len(), 1);
+    assert_eq!(cluster.orders_all().await.len(), 1);
 }
 
 #[tokio::test]
@@ -252,9 +264,9 @@ async fn half_of_all_calls_failing_transiently_still_converges() {
         "transient faults should have forced retries, saw {retried}"
     );
     // Lost replies were retried idempotently: one payment and at most one shipment per order.
-    assert_eq!(cluster.orders_all().len(), 30);
-    assert_eq!(cluster.payments_all().len(), 30);
-    assert_eq!(cluster.shipments_all().len(), 20);
+    assert_eq!(cluster.orders_all().await.len(), 30);
+    assert_eq!(cluster.payments_all().await.len(), 30);
+    assert_eq!(cluster.shipments_all().await.len(), 20);
 }
 
 #[tokio::test]
@@ -285,7 +297,7 @@ async fn a_charge_whose_outcome_is_unknown_is_never_left_behind() {
     tokio::time::sleep(std::time::Duration::from_millis(800)).await;
     saga_orchestrator::verify::check(&participants, &cluster.settings().retry, &mut report).await;
     assert!(report.is_ok(), "{report:#?}");
-    for payment in cluster.payments_all() {
+    for payment in cluster.payments_all().await {
         assert_ne!(payment.status, PaymentStatus::Completed, "{payment:?}");
     }
 }
@@ -326,10 +338,13 @@ async fn a_shipment_whose_outcome_is_unknown_is_cancelled_and_refunded() {
     tokio::time::sleep(std::time::Duration::from_millis(800)).await;
     saga_orchestrator::verify::check(&participants, &cluster.settings().retry, &mut report).await;
     assert!(report.is_ok(), "{report:#?}");
-    for shipment in cluster.shipments_all() {
+    for shipment in cluster.shipments_all().await {
         assert_ne!(shipment.status, ShipmentStatus::Started, "{shipment:?}");
     }
-    assert_eq!(cluster.payments_all()[0].status, PaymentStatus::Refunded);
+    assert_eq!(
+        cluster.payments_all().await[0].status,
+        PaymentStatus::Refunded
+    );
 }
 
 #[tokio::test]
@@ -357,6 +372,7 @@ async fn an_unreachable_service_fails_the_saga_with_a_clear_reason() {
     let order = cluster
         .orders
         .get(report.order_id.as_deref().unwrap())
+        .await
         .unwrap();
     assert_eq!(order.status, order_service::orders::OrderStatus::Cancelled);
 }
@@ -388,8 +404,8 @@ async fn rerunning_a_compensated_saga_never_charges_a_cancelled_order() {
             "{again:#?}"
         );
     }
-    assert_eq!(cluster.payments_all().len(), 2);
-    for payment in cluster.payments_all() {
+    assert_eq!(cluster.payments_all().await.len(), 2);
+    for payment in cluster.payments_all().await {
         assert_ne!(payment.status, PaymentStatus::Completed, "{payment:?}");
     }
 }
@@ -403,7 +419,7 @@ async fn rerunning_a_refused_charge_does_not_charge() {
     let again = run(&cluster, &plan("rerun-refused", Scenario::Success)).await;
     assert_eq!(again.outcome, Outcome::PaymentFailed, "{again:#?}");
     assert!(again.is_ok(), "{again:#?}");
-    for payment in cluster.payments_all() {
+    for payment in cluster.payments_all().await {
         assert_ne!(payment.status, PaymentStatus::Completed, "{payment:?}");
     }
 }

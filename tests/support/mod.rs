@@ -264,14 +264,14 @@ where
 }
 
 impl Cluster {
-    pub fn orders_all(&self) -> Vec<order_service::orders::Order> {
-        self.orders.repository().all().unwrap()
+    pub async fn orders_all(&self) -> Vec<order_service::orders::Order> {
+        self.orders.repository().all().await.unwrap()
     }
-    pub fn payments_all(&self) -> Vec<payment_service::payments::Payment> {
-        self.payments.repository().all().unwrap()
+    pub async fn payments_all(&self) -> Vec<payment_service::payments::Payment> {
+        self.payments.repository().all().await.unwrap()
     }
-    pub fn shipments_all(&self) -> Vec<shipping_service::shipments::Shipment> {
-        self.shipments.repository().all().unwrap()
+    pub async fn shipments_all(&self) -> Vec<shipping_service::shipments::Shipment> {
+        self.shipments.repository().all().await.unwrap()
     }
 }
 
@@ -284,10 +284,23 @@ pub async fn channel(url: String) -> tonic::transport::Channel {
         .unwrap()
 }
 
-/// A real binary running as a child process; stopped with SIGTERM when dropped.
+/// A real binary running as a child process; killed when dropped.
 pub struct Process {
     pub child: std::process::Child,
     pub addr: SocketAddr,
+    /// Its SQLite directory, removed when dropped.
+    pub data_dir: PathBuf,
+}
+
+/// A fresh directory under the system's temp dir, unique to this process and call.
+pub fn temp_dir(name: &str) -> PathBuf {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("order-saga-{name}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
 
 /// A loopback port free at the time of asking.
@@ -301,16 +314,23 @@ pub fn free_port() -> u16 {
 
 impl Process {
     /// Starts service `name` (e.g. `payment-service`) with env prefix `prefix` on a free port,
-    /// failure injection allowed, plus `env`.
+    /// on SQLite in a fresh directory, failure injection allowed, plus `env`.
     pub fn service(name: &str, prefix: &str, env: &[(&str, &str)]) -> Self {
+        Self::service_in(name, prefix, env, temp_dir(name))
+    }
+
+    /// As [`Process::service`], keeping its SQLite database in `data_dir`.
+    pub fn service_in(name: &str, prefix: &str, env: &[(&str, &str)], data_dir: PathBuf) -> Self {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mut command = std::process::Command::new(binary(name));
         command
             .env(format!("{prefix}_LISTEN_ADDR"), addr.to_string())
+            .env(format!("{prefix}_STORE__DATA_DIR"), &data_dir)
             .env(format!("{prefix}_SHUTDOWN__DRAIN_DELAY_MS"), "0")
             .env("LOG_FORMAT", "json")
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped());
+            // A file, not a pipe nobody reads: a busy service would block on a full pipe.
+            .stderr(std::fs::File::create(data_dir.join("stderr.log")).unwrap());
         if prefix != "ORDER" {
             command.env(format!("{prefix}_FAULTS__ALLOW_INJECTION"), "true");
         }
@@ -318,7 +338,11 @@ impl Process {
             command.env(key, value);
         }
         let child = command.spawn().unwrap();
-        Self { child, addr }
+        Self {
+            child,
+            addr,
+            data_dir,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -366,6 +390,7 @@ impl Drop for Process {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+        let _ = std::fs::remove_dir_all(&self.data_dir);
     }
 }
 

@@ -71,10 +71,11 @@ impl TransientFaults {
 /// Runs one call under `faults`: latency, a transient error before, or a lost reply after.
 pub async fn guarded<T>(
     faults: &TransientFaults,
-    call: impl FnOnce() -> Result<T, Status>,
+    call: impl std::future::Future<Output = Result<T, Status>>,
 ) -> Result<tonic::Response<T>, Status> {
+    // `call` is lazy: nothing of it runs before the latency and the first draw.
     let transient = faults.enter().await?;
-    transient.exit(call()).map(tonic::Response::new)
+    transient.exit(call.await).map(tonic::Response::new)
 }
 
 /// The error an injected transient fault answers with.

@@ -16,6 +16,11 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::config::{self, EXIT_BAD_CONFIG, Settings};
+use crate::store::sql::{SqlStore, Synchronous};
+use crate::store::{Record, Store, StoreError};
+
+/// Process exit code when a dependency (the store) cannot be reached (EX_UNAVAILABLE).
+pub const EXIT_UNAVAILABLE: u8 = 69;
 
 /// How a service drains on SIGTERM.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -49,6 +54,70 @@ pub struct ServiceSettings<F> {
     pub shutdown: ShutdownSettings,
     /// Injected latency, transient errors and (payment, shipping) business failures.
     pub faults: F,
+    /// Where the service keeps its records.
+    pub store: StoreSettings,
+}
+
+/// Which store a service keeps its records in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// SQLite in `data_dir`: the embedded default, one replica.
+    #[default]
+    Sqlite,
+    /// PostgreSQL at `url` (or `DATABASE_URL`): several replicas can share it.
+    Postgres,
+    /// Nothing survives a restart: tests and throwaway runs.
+    Memory,
+}
+
+/// Store settings (`<PREFIX>_STORE__*`). `DATABASE_URL`, when set, selects PostgreSQL.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreSettings {
+    pub backend: Backend,
+    /// Directory of the SQLite file `<service>.sqlite`.
+    pub data_dir: std::path::PathBuf,
+    /// `full` survives a power cut; `normal` (WAL) only a crash of the process, and is faster.
+    pub sqlite_synchronous: Synchronous,
+    /// PostgreSQL URL; `DATABASE_URL` is the usual place for it (a Secret in Kubernetes).
+    pub url: Option<String>,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        Self {
+            backend: Backend::Sqlite,
+            data_dir: "data".into(),
+            sqlite_synchronous: Synchronous::Full,
+            url: None,
+        }
+    }
+}
+
+impl StoreSettings {
+    /// Opens (and migrates) the store of `R` for service `name`.
+    pub async fn open<R: Record>(&self, name: &str) -> Result<Store<R>, StoreError> {
+        let database_url = std::env::var("DATABASE_URL")
+            .ok()
+            .filter(|u| !u.trim().is_empty());
+        let url = self.url.clone().or(database_url);
+        let sql = match (self.backend, url) {
+            (Backend::Memory, _) => return Ok(Store::default()),
+            (_, Some(url)) => SqlStore::url(&url).await?,
+            (Backend::Postgres, None) => {
+                return Err(StoreError::Unavailable(
+                    "store.backend is postgres but neither store.url nor DATABASE_URL is set"
+                        .into(),
+                ));
+            }
+            (Backend::Sqlite, None) => {
+                SqlStore::sqlite(&self.data_dir, name, self.sqlite_synchronous).await?
+            }
+        };
+        sql.migrate::<R>().await?;
+        Ok(Store::Sql(sql.repository()))
+    }
 }
 
 impl<F: FaultSettings> Settings for ServiceSettings<F> {
@@ -194,14 +263,15 @@ struct ServiceCli {
 /// The whole life of a service binary: settings, telemetry, bind, serve, drain, flush.
 /// `env_prefix` names its environment variables, `default_port` is used when
 /// `listen_addr` is unset; `make` builds the gRPC service from settings.
-pub async fn run_service<F, S>(
+pub async fn run_service<F, R, S>(
     name: &str,
     env_prefix: &str,
     default_port: u16,
-    make: impl FnOnce(&ServiceSettings<F>) -> S,
+    make: impl FnOnce(&ServiceSettings<F>, Store<R>) -> S,
 ) -> ExitCode
 where
     F: FaultSettings,
+    R: Record,
     S: tower_service::Service<
             http::Request<Body>,
             Response = http::Response<Body>,
@@ -223,6 +293,14 @@ where
         }
     };
     let telemetry = crate::telemetry::init(name);
+    // The store first: a service reports SERVING only once it can keep what it acknowledges.
+    let store = match settings.store.open::<R>(name).await {
+        Ok(store) => store,
+        Err(err) => {
+            tracing::error!(%err, "cannot open the store");
+            return ExitCode::from(EXIT_UNAVAILABLE);
+        }
+    };
     let addr = settings
         .listen_addr
         .unwrap_or(SocketAddr::from(([0, 0, 0, 0], default_port)));
@@ -234,7 +312,7 @@ where
         }
     };
     tracing::info!(%addr, service = S::NAME, "listening");
-    let service = make(&settings);
+    let service = make(&settings, store);
     let served = serve(
         service,
         listener,

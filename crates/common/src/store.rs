@@ -1,11 +1,23 @@
 //! The repository every service keeps its resources in. Each record has an id and a unique key
 //! (an order's idempotency key; a payment's or shipment's order id): the key is what makes the
 //! mutating calls idempotent, because a second insert with the same key returns the first record.
+//!
+//! Two implementations: [`MemoryRepository`] (tests, throwaway runs) and
+//! [`sql::SqlRepository`] (SQLite by default, PostgreSQL for several replicas). [`Store`] is
+//! whichever the settings chose.
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Mutex, MutexGuard};
 
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub mod sql;
+
 /// A stored resource.
-pub trait Record: Clone + Send + Sync + 'static {
+pub trait Record: Clone + Send + Sync + Serialize + DeserializeOwned + 'static {
+    /// The SQL table of this kind of record.
+    const TABLE: &'static str;
     fn id(&self) -> &str;
     /// At most one record per key.
     fn key(&self) -> &str;
@@ -15,28 +27,32 @@ pub trait Record: Clone + Send + Sync + 'static {
 pub enum StoreError {
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    #[error("stored record is unreadable: {0}")]
+    Corrupt(String),
 }
-
-/// What a transition returns: the new record, or `None` to leave it unchanged.
-pub type Transition<'a, R, E> = &'a mut dyn FnMut(&R) -> Result<Option<R>, E>;
 
 /// Storage for one kind of record. Implementations make each call atomic.
 pub trait Repository<R: Record>: Send + Sync {
     /// Stores `record` unless one with the same key exists. Returns the stored record and
     /// whether it is the one just inserted.
-    fn insert_or_get(&self, record: R) -> Result<(R, bool), StoreError>;
-    fn get(&self, id: &str) -> Result<Option<R>, StoreError>;
-    fn get_by_key(&self, key: &str) -> Result<Option<R>, StoreError>;
-    /// Applies `transition` to record `id` atomically; `Ok(None)` if there is no such record.
-    fn update<E: From<StoreError>>(
+    fn insert_or_get(
+        &self,
+        record: R,
+    ) -> impl Future<Output = Result<(R, bool), StoreError>> + Send;
+    fn get(&self, id: &str) -> impl Future<Output = Result<Option<R>, StoreError>> + Send;
+    fn get_by_key(&self, key: &str) -> impl Future<Output = Result<Option<R>, StoreError>> + Send;
+    /// Applies `transition` to record `id` atomically (`Ok(None)` from it keeps the record as
+    /// it is); `Ok(None)` if there is no such record.
+    fn update<E, F>(
         &self,
         id: &str,
-        transition: Transition<'_, R, E>,
-    ) -> Result<Option<R>, E>
+        transition: F,
+    ) -> impl Future<Output = Result<Option<R>, E>> + Send
     where
-        Self: Sized;
+        E: From<StoreError> + Send,
+        F: FnMut(&R) -> Result<Option<R>, E> + Send;
     /// Every record, for read-back checks and tests.
-    fn all(&self) -> Result<Vec<R>, StoreError>;
+    fn all(&self) -> impl Future<Output = Result<Vec<R>, StoreError>> + Send;
 }
 
 /// How a payment or shipment is named in a request: by its own id, or by its order (the key).
@@ -47,13 +63,13 @@ pub enum Target {
 }
 
 /// Looks a record up by id or by key.
-pub fn find<R: Record>(
+pub async fn find<R: Record>(
     repo: &impl Repository<R>,
     target: &Target,
 ) -> Result<Option<R>, StoreError> {
     match target {
-        Target::Id(id) => repo.get(id),
-        Target::Key(key) => repo.get_by_key(key),
+        Target::Id(id) => repo.get(id).await,
+        Target::Key(key) => repo.get_by_key(key).await,
     }
 }
 
@@ -90,7 +106,7 @@ impl<R> MemoryRepository<R> {
 }
 
 impl<R: Record> Repository<R> for MemoryRepository<R> {
-    fn insert_or_get(&self, record: R) -> Result<(R, bool), StoreError> {
+    async fn insert_or_get(&self, record: R) -> Result<(R, bool), StoreError> {
         let mut inner = self.lock();
         if let Some(existing) = inner
             .id_by_key
@@ -106,11 +122,11 @@ impl<R: Record> Repository<R> for MemoryRepository<R> {
         Ok((record, true))
     }
 
-    fn get(&self, id: &str) -> Result<Option<R>, StoreError> {
+    async fn get(&self, id: &str) -> Result<Option<R>, StoreError> {
         Ok(self.lock().by_id.get(id).cloned())
     }
 
-    fn get_by_key(&self, key: &str) -> Result<Option<R>, StoreError> {
+    async fn get_by_key(&self, key: &str) -> Result<Option<R>, StoreError> {
         let inner = self.lock();
         Ok(inner
             .id_by_key
@@ -119,11 +135,11 @@ impl<R: Record> Repository<R> for MemoryRepository<R> {
             .cloned())
     }
 
-    fn update<E: From<StoreError>>(
-        &self,
-        id: &str,
-        transition: Transition<'_, R, E>,
-    ) -> Result<Option<R>, E> {
+    async fn update<E, F>(&self, id: &str, mut transition: F) -> Result<Option<R>, E>
+    where
+        E: From<StoreError> + Send,
+        F: FnMut(&R) -> Result<Option<R>, E> + Send,
+    {
         let mut inner = self.lock();
         let Some(current) = inner.by_id.get_mut(id) else {
             return Ok(None);
@@ -134,22 +150,77 @@ impl<R: Record> Repository<R> for MemoryRepository<R> {
         Ok(Some(current.clone()))
     }
 
-    fn all(&self) -> Result<Vec<R>, StoreError> {
+    async fn all(&self) -> Result<Vec<R>, StoreError> {
         Ok(self.lock().by_id.values().cloned().collect())
     }
 }
 
+/// The repository the settings chose.
+#[derive(Debug)]
+pub enum Store<R> {
+    Memory(MemoryRepository<R>),
+    Sql(sql::SqlRepository<R>),
+}
+
+impl<R> Default for Store<R> {
+    fn default() -> Self {
+        Store::Memory(MemoryRepository::default())
+    }
+}
+
+impl<R: Record> Repository<R> for Store<R> {
+    async fn insert_or_get(&self, record: R) -> Result<(R, bool), StoreError> {
+        match self {
+            Store::Memory(repo) => repo.insert_or_get(record).await,
+            Store::Sql(repo) => repo.insert_or_get(record).await,
+        }
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<R>, StoreError> {
+        match self {
+            Store::Memory(repo) => repo.get(id).await,
+            Store::Sql(repo) => repo.get(id).await,
+        }
+    }
+
+    async fn get_by_key(&self, key: &str) -> Result<Option<R>, StoreError> {
+        match self {
+            Store::Memory(repo) => repo.get_by_key(key).await,
+            Store::Sql(repo) => repo.get_by_key(key).await,
+        }
+    }
+
+    async fn update<E, F>(&self, id: &str, transition: F) -> Result<Option<R>, E>
+    where
+        E: From<StoreError> + Send,
+        F: FnMut(&R) -> Result<Option<R>, E> + Send,
+    {
+        match self {
+            Store::Memory(repo) => repo.update(id, transition).await,
+            Store::Sql(repo) => repo.update(id, transition).await,
+        }
+    }
+
+    async fn all(&self) -> Result<Vec<R>, StoreError> {
+        match self {
+            Store::Memory(repo) => repo.all().await,
+            Store::Sql(repo) => repo.all().await,
+        }
+    }
+}
+
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    #[derive(Clone, Debug, PartialEq)]
-    struct Item {
-        id: String,
-        key: String,
-        n: u32,
+    #[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
+    pub struct Item {
+        pub id: String,
+        pub key: String,
+        pub n: u32,
     }
     impl Record for Item {
+        const TABLE: &'static str = "items";
         fn id(&self) -> &str {
             &self.id
         }
@@ -157,7 +228,7 @@ mod tests {
             &self.key
         }
     }
-    fn item(id: &str, key: &str) -> Item {
+    pub fn item(id: &str, key: &str) -> Item {
         Item {
             id: id.into(),
             key: key.into(),
@@ -165,41 +236,45 @@ mod tests {
         }
     }
 
-    #[test]
-    fn second_insert_with_same_key_returns_the_first() {
-        let repo = MemoryRepository::default();
+    /// The contract every repository keeps; run against each implementation.
+    pub async fn contract(repo: &impl Repository<Item>) {
         assert_eq!(
-            repo.insert_or_get(item("a", "k")).unwrap(),
+            repo.insert_or_get(item("a", "k")).await.unwrap(),
             (item("a", "k"), true)
         );
         assert_eq!(
-            repo.insert_or_get(item("b", "k")).unwrap(),
+            repo.insert_or_get(item("b", "k")).await.unwrap(),
             (item("a", "k"), false)
         );
-        assert_eq!(repo.get("b").unwrap(), None);
-        assert_eq!(repo.get_by_key("k").unwrap(), Some(item("a", "k")));
-        assert_eq!(repo.all().unwrap().len(), 1);
-    }
-
-    #[test]
-    fn update_applies_or_keeps() {
-        let repo = MemoryRepository::default();
-        repo.insert_or_get(item("a", "k")).unwrap();
+        assert_eq!(repo.get("b").await.unwrap(), None);
+        assert_eq!(repo.get_by_key("k").await.unwrap(), Some(item("a", "k")));
+        assert_eq!(repo.all().await.unwrap().len(), 1);
         let bumped = repo
-            .update::<StoreError>("a", &mut |r: &Item| {
+            .update::<StoreError, _>("a", |r: &Item| {
                 Ok(Some(Item {
                     n: r.n + 1,
                     ..r.clone()
                 }))
             })
+            .await
             .unwrap();
         assert_eq!(bumped.map(|r| r.n), Some(1));
-        let kept = repo.update::<StoreError>("a", &mut |_| Ok(None)).unwrap();
+        let kept = repo
+            .update::<StoreError, _>("a", |_| Ok(None))
+            .await
+            .unwrap();
         assert_eq!(kept.map(|r| r.n), Some(1));
         assert!(
-            repo.update::<StoreError>("zz", &mut |_| Ok(None))
+            repo.update::<StoreError, _>("zz", |_| Ok(None))
+                .await
                 .unwrap()
                 .is_none()
         );
+        assert_eq!(repo.get("a").await.unwrap().map(|r| r.n), Some(1));
+    }
+
+    #[tokio::test]
+    async fn memory_keeps_the_contract() {
+        contract(&MemoryRepository::default()).await;
     }
 }

@@ -3,6 +3,7 @@ use std::sync::Arc;
 
 use saga_common::error::to_status;
 use saga_common::faults::{TransientFaults, guarded};
+use saga_common::store::Store;
 use saga_proto::order::v1 as pb;
 use saga_proto::order::v1::order_service_server::{OrderService, OrderServiceServer};
 use tonic::{Request, Response, Status};
@@ -22,9 +23,10 @@ impl OrderApi {
         Self { orders, faults }
     }
 
-    /// A server with a fresh in-memory book, as the binary runs it.
-    pub fn server(settings: &OrderSettings) -> OrderServiceServer<Self> {
-        OrderServiceServer::new(Self::new(Arc::default(), settings.faults.clone()))
+    /// The server the binary runs, over the store its settings chose.
+    pub fn server(settings: &OrderSettings, store: Store<Order>) -> OrderServiceServer<Self> {
+        let orders = Arc::new(Orders::new(store));
+        OrderServiceServer::new(Self::new(orders, settings.faults.clone()))
     }
 }
 
@@ -45,8 +47,8 @@ impl OrderService for OrderApi {
             currency: req.currency,
             items: req.items.into_iter().map(LineItem::from).collect(),
         };
-        guarded(&self.faults, || {
-            let order = reply(self.orders.create(new))?;
+        guarded(&self.faults, async {
+            let order = reply(self.orders.create(new).await)?;
             Ok(pb::CreateOrderResponse { order: Some(order) })
         })
         .await
@@ -57,8 +59,8 @@ impl OrderService for OrderApi {
         request: Request<pb::CancelOrderRequest>,
     ) -> Result<Response<pb::CancelOrderResponse>, Status> {
         let req = request.into_inner();
-        guarded(&self.faults, || {
-            let order = reply(self.orders.cancel(&req.order_id, &req.reason))?;
+        guarded(&self.faults, async {
+            let order = reply(self.orders.cancel(&req.order_id, &req.reason).await)?;
             Ok(pb::CancelOrderResponse { order: Some(order) })
         })
         .await
@@ -69,8 +71,8 @@ impl OrderService for OrderApi {
         request: Request<pb::ApproveOrderRequest>,
     ) -> Result<Response<pb::ApproveOrderResponse>, Status> {
         let req = request.into_inner();
-        guarded(&self.faults, || {
-            let order = reply(self.orders.approve(&req.order_id))?;
+        guarded(&self.faults, async {
+            let order = reply(self.orders.approve(&req.order_id).await)?;
             Ok(pb::ApproveOrderResponse { order: Some(order) })
         })
         .await
@@ -81,8 +83,8 @@ impl OrderService for OrderApi {
         request: Request<pb::GetOrderRequest>,
     ) -> Result<Response<pb::GetOrderResponse>, Status> {
         let req = request.into_inner();
-        guarded(&self.faults, || {
-            let order = reply(self.orders.get(&req.order_id))?;
+        guarded(&self.faults, async {
+            let order = reply(self.orders.get(&req.order_id).await)?;
             Ok(pb::GetOrderResponse { order: Some(order) })
         })
         .await

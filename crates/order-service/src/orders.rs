@@ -1,7 +1,8 @@
 //! Orders: creation with an idempotency key, and the PENDING → APPROVED | CANCELLED lifecycle.
-use saga_common::store::Transition;
+use saga_common::store::Store;
 use saga_common::validate::{self, ValidationError};
-use saga_common::{Classify, ErrorKind, IdKind, MemoryRepository, Record, Repository, StoreError};
+use saga_common::{Classify, ErrorKind, IdKind, Record, Repository, StoreError};
+use serde::{Deserialize, Serialize};
 
 /// Longest user id, sku and idempotency key accepted.
 pub const MAX_ID_LEN: usize = 128;
@@ -9,21 +10,21 @@ pub const MAX_SKU_LEN: usize = 64;
 /// Most lines in one order.
 pub const MAX_ITEMS: usize = 100;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OrderStatus {
     Pending,
     Approved,
     Cancelled,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LineItem {
     pub sku: String,
     pub quantity: u32,
     pub unit_price_minor: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Order {
     pub id: String,
     pub idempotency_key: String,
@@ -36,6 +37,7 @@ pub struct Order {
 }
 
 impl Record for Order {
+    const TABLE: &'static str = "orders";
     fn id(&self) -> &str {
         &self.id
     }
@@ -125,7 +127,7 @@ impl NewOrder {
 
 /// The order book over a repository.
 #[derive(Debug, Default)]
-pub struct Orders<R = MemoryRepository<Order>> {
+pub struct Orders<R = Store<Order>> {
     repo: R,
 }
 
@@ -147,7 +149,7 @@ impl<R: Repository<Order>> Orders<R> {
     }
 
     /// Creates a PENDING order, or returns the one created earlier with the same key.
-    pub fn create(&self, new: NewOrder) -> Result<Order, OrderError> {
+    pub async fn create(&self, new: NewOrder) -> Result<Order, OrderError> {
         let total_minor = new.validate()?;
         let candidate = Order {
             id: IdKind::Order.generate(),
@@ -159,7 +161,7 @@ impl<R: Repository<Order>> Orders<R> {
             status: OrderStatus::Pending,
             cancel_reason: None,
         };
-        let (stored, inserted) = self.repo.insert_or_get(candidate.clone())?;
+        let (stored, inserted) = self.repo.insert_or_get(candidate.clone()).await?;
         let same_body = stored.user_id == candidate.user_id
             && stored.currency == candidate.currency
             && stored.items == candidate.items;
@@ -173,10 +175,10 @@ impl<R: Repository<Order>> Orders<R> {
     }
 
     /// PENDING → CANCELLED; CANCELLED stays; APPROVED is refused.
-    pub fn cancel(&self, id: &str, reason: &str) -> Result<Order, OrderError> {
+    pub async fn cancel(&self, id: &str, reason: &str) -> Result<Order, OrderError> {
         IdKind::Order.check("order_id", id)?;
         let reason = validate::shorten(reason);
-        self.transition(id, &mut |order: &Order| match order.status {
+        self.transition(id, |order: &Order| match order.status {
             OrderStatus::Pending => Ok(Some(Order {
                 status: OrderStatus::Cancelled,
                 cancel_reason: Some(reason.clone()),
@@ -185,13 +187,14 @@ impl<R: Repository<Order>> Orders<R> {
             OrderStatus::Cancelled => Ok(None),
             OrderStatus::Approved => Err(illegal(order, "cancelled")),
         })
+        .await
         .inspect(|order| tracing::info!(order_id = %order.id, "order cancelled"))
     }
 
     /// PENDING → APPROVED; APPROVED stays; CANCELLED is refused.
-    pub fn approve(&self, id: &str) -> Result<Order, OrderError> {
+    pub async fn approve(&self, id: &str) -> Result<Order, OrderError> {
         IdKind::Order.check("order_id", id)?;
-        self.transition(id, &mut |order: &Order| match order.status {
+        self.transition(id, |order: &Order| match order.status {
             OrderStatus::Pending => Ok(Some(Order {
                 status: OrderStatus::Approved,
                 ..order.clone()
@@ -199,23 +202,26 @@ impl<R: Repository<Order>> Orders<R> {
             OrderStatus::Approved => Ok(None),
             OrderStatus::Cancelled => Err(illegal(order, "approved")),
         })
+        .await
         .inspect(|order| tracing::info!(order_id = %order.id, "order approved"))
     }
 
-    pub fn get(&self, id: &str) -> Result<Order, OrderError> {
+    pub async fn get(&self, id: &str) -> Result<Order, OrderError> {
         IdKind::Order.check("order_id", id)?;
         self.repo
-            .get(id)?
+            .get(id)
+            .await?
             .ok_or_else(|| OrderError::NotFound(id.to_owned()))
     }
 
-    fn transition(
+    async fn transition(
         &self,
         id: &str,
-        transition: Transition<'_, Order, OrderError>,
+        transition: impl FnMut(&Order) -> Result<Option<Order>, OrderError> + Send,
     ) -> Result<Order, OrderError> {
         self.repo
-            .update(id, transition)?
+            .update(id, transition)
+            .await?
             .ok_or_else(|| OrderError::NotFound(id.to_owned()))
     }
 }
@@ -245,57 +251,57 @@ mod tests {
         }
     }
 
-    #[test]
-    fn create_is_idempotent_per_key() {
+    #[tokio::test]
+    async fn create_is_idempotent_per_key() {
         let orders = Orders::in_memory();
-        let first = orders.create(new_order("k1")).unwrap();
+        let first = orders.create(new_order("k1")).await.unwrap();
         assert_eq!(first.total_minor, 2500);
         assert_eq!(first.status, OrderStatus::Pending);
-        assert_eq!(orders.create(new_order("k1")).unwrap(), first);
-        assert_ne!(orders.create(new_order("k2")).unwrap().id, first.id);
+        assert_eq!(orders.create(new_order("k1")).await.unwrap(), first);
+        assert_ne!(orders.create(new_order("k2")).await.unwrap().id, first.id);
     }
 
-    #[test]
-    fn reused_key_with_other_body_is_refused() {
+    #[tokio::test]
+    async fn reused_key_with_other_body_is_refused() {
         let orders = Orders::in_memory();
-        orders.create(new_order("k")).unwrap();
+        orders.create(new_order("k")).await.unwrap();
         let mut other = new_order("k");
         other.user_id = "bob".into();
         assert!(matches!(
-            orders.create(other),
+            orders.create(other).await,
             Err(OrderError::KeyReused(_))
         ));
     }
 
-    #[test]
-    fn lifecycle() {
+    #[tokio::test]
+    async fn lifecycle() {
         let orders = Orders::in_memory();
-        let order = orders.create(new_order("k")).unwrap();
-        let cancelled = orders.cancel(&order.id, "payment declined").unwrap();
+        let order = orders.create(new_order("k")).await.unwrap();
+        let cancelled = orders.cancel(&order.id, "payment declined").await.unwrap();
         assert_eq!(cancelled.status, OrderStatus::Cancelled);
-        assert_eq!(orders.cancel(&order.id, "again").unwrap(), cancelled);
+        assert_eq!(orders.cancel(&order.id, "again").await.unwrap(), cancelled);
         assert_eq!(
-            orders.approve(&order.id).unwrap_err().kind(),
+            orders.approve(&order.id).await.unwrap_err().kind(),
             ErrorKind::FailedPrecondition
         );
 
-        let other = orders.create(new_order("k2")).unwrap();
+        let other = orders.create(new_order("k2")).await.unwrap();
         assert_eq!(
-            orders.approve(&other.id).unwrap().status,
+            orders.approve(&other.id).await.unwrap().status,
             OrderStatus::Approved
         );
         assert_eq!(
-            orders.approve(&other.id).unwrap().status,
+            orders.approve(&other.id).await.unwrap().status,
             OrderStatus::Approved
         );
         assert_eq!(
-            orders.cancel(&other.id, "late").unwrap_err().kind(),
+            orders.cancel(&other.id, "late").await.unwrap_err().kind(),
             ErrorKind::FailedPrecondition
         );
     }
 
-    #[test]
-    fn bad_input() {
+    #[tokio::test]
+    async fn bad_input() {
         let orders = Orders::in_memory();
         let cases: Vec<(NewOrder, &str)> = vec![
             (
@@ -361,7 +367,7 @@ mod tests {
             ),
         ];
         for (new, expected) in cases {
-            let err = orders.create(new).unwrap_err();
+            let err = orders.create(new).await.unwrap_err();
             assert_eq!(err.kind(), ErrorKind::InvalidArgument);
             assert!(
                 err.to_string().contains(expected),
@@ -369,16 +375,16 @@ mod tests {
             );
         }
         assert_eq!(
-            orders.get("nope").unwrap_err().kind(),
+            orders.get("nope").await.unwrap_err().kind(),
             ErrorKind::InvalidArgument
         );
         let missing = IdKind::Order.generate();
         assert_eq!(
-            orders.get(&missing).unwrap_err().kind(),
+            orders.get(&missing).await.unwrap_err().kind(),
             ErrorKind::NotFound
         );
         assert_eq!(
-            orders.cancel(&missing, "x").unwrap_err().kind(),
+            orders.cancel(&missing, "x").await.unwrap_err().kind(),
             ErrorKind::NotFound
         );
     }

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use saga_common::error::to_status;
 use saga_common::faults::{BusinessFaults, guarded};
+use saga_common::store::Store;
 use saga_common::store::Target;
 use saga_proto::payment::v1 as pb;
 use saga_proto::payment::v1::payment_service_server::{PaymentService, PaymentServiceServer};
@@ -24,9 +25,10 @@ impl PaymentApi {
         Self { payments, faults }
     }
 
-    /// A server with a fresh in-memory ledger, as the binary runs it.
-    pub fn server(settings: &PaymentSettings) -> PaymentServiceServer<Self> {
-        PaymentServiceServer::new(Self::new(Arc::default(), settings.faults.clone()))
+    /// The server the binary runs, over the store its settings chose.
+    pub fn server(settings: &PaymentSettings, store: Store<Payment>) -> PaymentServiceServer<Self> {
+        let payments = Arc::new(Payments::new(store));
+        PaymentServiceServer::new(Self::new(payments, settings.faults.clone()))
     }
 }
 
@@ -53,8 +55,8 @@ impl PaymentService for PaymentApi {
             amount_minor: req.amount_minor,
             currency: req.currency,
         };
-        guarded(&self.faults.transient(), || {
-            let payment = reply(self.payments.process(charge, decline))?;
+        guarded(&self.faults.transient(), async {
+            let payment = reply(self.payments.process(charge, decline).await)?;
             Ok(pb::ProcessPaymentResponse { payment })
         })
         .await
@@ -65,8 +67,8 @@ impl PaymentService for PaymentApi {
         request: Request<pb::RefundPaymentRequest>,
     ) -> Result<Response<pb::RefundPaymentResponse>, Status> {
         let target = target(request.into_inner().target.map(refund_target))?;
-        guarded(&self.faults.transient(), || {
-            let payment = reply(self.payments.refund(&target))?;
+        guarded(&self.faults.transient(), async {
+            let payment = reply(self.payments.refund(&target).await)?;
             Ok(pb::RefundPaymentResponse { payment })
         })
         .await
@@ -77,8 +79,8 @@ impl PaymentService for PaymentApi {
         request: Request<pb::GetPaymentRequest>,
     ) -> Result<Response<pb::GetPaymentResponse>, Status> {
         let target = target(request.into_inner().target.map(get_target))?;
-        guarded(&self.faults.transient(), || {
-            let payment = reply(self.payments.get(&target))?;
+        guarded(&self.faults.transient(), async {
+            let payment = reply(self.payments.get(&target).await)?;
             Ok(pb::GetPaymentResponse { payment })
         })
         .await

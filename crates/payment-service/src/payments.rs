@@ -2,11 +2,12 @@
 //!
 //! The order id is the idempotency key: at most one payment per order, so a repeated
 //! ProcessPayment returns the first payment and never charges twice.
-use saga_common::store::{Target, Transition, find};
+use saga_common::store::{Store, Target, find};
 use saga_common::validate::{self, ValidationError};
-use saga_common::{Classify, ErrorKind, IdKind, MemoryRepository, Record, Repository, StoreError};
+use saga_common::{Classify, ErrorKind, IdKind, Record, Repository, StoreError};
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PaymentStatus {
     Completed,
     Declined,
@@ -15,7 +16,7 @@ pub enum PaymentStatus {
     Voided,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Payment {
     pub id: String,
     pub order_id: String,
@@ -26,6 +27,7 @@ pub struct Payment {
 }
 
 impl Record for Payment {
+    const TABLE: &'static str = "payments";
     fn id(&self) -> &str {
         &self.id
     }
@@ -85,7 +87,7 @@ pub fn check_target(target: &Target) -> Result<(), ValidationError> {
 
 /// The payment ledger over a repository.
 #[derive(Debug, Default)]
-pub struct Payments<R = MemoryRepository<Payment>> {
+pub struct Payments<R = Store<Payment>> {
     repo: R,
 }
 
@@ -108,7 +110,7 @@ impl<R: Repository<Payment>> Payments<R> {
 
     /// Charges an order, or declines it when `decline` gives a reason. A repeat for the same
     /// order returns the first payment whatever `decline` says now.
-    pub fn process(
+    pub async fn process(
         &self,
         charge: Charge,
         decline: Option<String>,
@@ -129,7 +131,7 @@ impl<R: Repository<Payment>> Payments<R> {
             status,
             decline_reason: decline,
         };
-        let (stored, inserted) = self.repo.insert_or_get(candidate.clone())?;
+        let (stored, inserted) = self.repo.insert_or_get(candidate.clone()).await?;
         // A voided slot never held a charge, so any amount replays to it.
         let same_charge = stored.status == PaymentStatus::Voided
             || (stored.amount_minor == candidate.amount_minor
@@ -157,10 +159,10 @@ impl<R: Repository<Payment>> Payments<R> {
     /// Refunds a payment. By id: COMPLETED → REFUNDED, REFUNDED and VOIDED stay, DECLINED is
     /// refused. By order: whatever the order's payment is, nothing stays charged afterwards;
     /// with no payment yet, the order's slot is VOIDED so a late charge is never taken.
-    pub fn refund(&self, target: &Target) -> Result<Payment, PaymentError> {
+    pub async fn refund(&self, target: &Target) -> Result<Payment, PaymentError> {
         check_target(target)?;
         let by_order = matches!(target, Target::Key(_));
-        let existing = match (find(&self.repo, target)?, target) {
+        let existing = match (find(&self.repo, target).await?, target) {
             (Some(payment), _) => payment,
             (None, Target::Id(id)) => return Err(PaymentError::NotFound(format!("payment {id}"))),
             (None, Target::Key(order_id)) => {
@@ -172,7 +174,7 @@ impl<R: Repository<Payment>> Payments<R> {
                     status: PaymentStatus::Voided,
                     decline_reason: None,
                 };
-                let (stored, inserted) = self.repo.insert_or_get(tombstone)?;
+                let (stored, inserted) = self.repo.insert_or_get(tombstone).await?;
                 if inserted {
                     tracing::info!(payment_id = %stored.id, %order_id, "payment slot voided before any charge");
                     return Ok(stored);
@@ -180,19 +182,19 @@ impl<R: Repository<Payment>> Payments<R> {
                 stored
             }
         };
-        let transition: Transition<'_, Payment, PaymentError> =
-            &mut |payment: &Payment| match payment.status {
-                PaymentStatus::Completed => Ok(Some(Payment {
-                    status: PaymentStatus::Refunded,
-                    ..payment.clone()
-                })),
-                PaymentStatus::Refunded | PaymentStatus::Voided => Ok(None),
-                PaymentStatus::Declined if by_order => Ok(None),
-                PaymentStatus::Declined => Err(PaymentError::NothingToRefund(payment.id.clone())),
-            };
+        let transition = |payment: &Payment| match payment.status {
+            PaymentStatus::Completed => Ok(Some(Payment {
+                status: PaymentStatus::Refunded,
+                ..payment.clone()
+            })),
+            PaymentStatus::Refunded | PaymentStatus::Voided => Ok(None),
+            PaymentStatus::Declined if by_order => Ok(None),
+            PaymentStatus::Declined => Err(PaymentError::NothingToRefund(payment.id.clone())),
+        };
         let refunded = self
             .repo
-            .update(&existing.id, transition)?
+            .update(&existing.id, transition)
+            .await?
             .ok_or_else(|| PaymentError::NotFound(format!("payment {}", existing.id)))?;
         if existing.status == PaymentStatus::Completed {
             tracing::info!(payment_id = %refunded.id, amount_minor = refunded.amount_minor, "payment refunded");
@@ -200,9 +202,9 @@ impl<R: Repository<Payment>> Payments<R> {
         Ok(refunded)
     }
 
-    pub fn get(&self, target: &Target) -> Result<Payment, PaymentError> {
+    pub async fn get(&self, target: &Target) -> Result<Payment, PaymentError> {
         check_target(target)?;
-        find(&self.repo, target)?.ok_or_else(|| {
+        find(&self.repo, target).await?.ok_or_else(|| {
             PaymentError::NotFound(match target {
                 Target::Id(id) => format!("payment {id}"),
                 Target::Key(order_id) => format!("order {order_id}"),
@@ -223,75 +225,79 @@ mod tests {
         }
     }
 
-    #[test]
-    fn one_payment_per_order() {
+    #[tokio::test]
+    async fn one_payment_per_order() {
         let payments = Payments::in_memory();
         let order = IdKind::Order.generate();
-        let first = payments.process(charge(&order), None).unwrap();
+        let first = payments.process(charge(&order), None).await.unwrap();
         assert_eq!(first.status, PaymentStatus::Completed);
         // A repeat returns the first payment, even if this call would have been declined.
         assert_eq!(
-            payments.process(charge(&order), Some("no".into())).unwrap(),
+            payments
+                .process(charge(&order), Some("no".into()))
+                .await
+                .unwrap(),
             first
         );
         let mut other = charge(&order);
         other.amount_minor = 1;
         assert_eq!(
-            payments.process(other, None).unwrap_err().kind(),
+            payments.process(other, None).await.unwrap_err().kind(),
             ErrorKind::FailedPrecondition
         );
     }
 
-    #[test]
-    fn decline_and_refund_rules() {
+    #[tokio::test]
+    async fn decline_and_refund_rules() {
         let payments = Payments::in_memory();
         let order = IdKind::Order.generate();
         let declined = payments
             .process(charge(&order), Some("card expired".into()))
+            .await
             .unwrap();
         assert_eq!(declined.status, PaymentStatus::Declined);
         let by_id = Target::Id(declined.id.clone());
         assert_eq!(
-            payments.refund(&by_id).unwrap_err().kind(),
+            payments.refund(&by_id).await.unwrap_err().kind(),
             ErrorKind::FailedPrecondition
         );
         // By order, compensation of a declined charge is a no-op.
         assert_eq!(
-            payments.refund(&Target::Key(order)).unwrap().status,
+            payments.refund(&Target::Key(order)).await.unwrap().status,
             PaymentStatus::Declined
         );
 
         let order = IdKind::Order.generate();
-        let paid = payments.process(charge(&order), None).unwrap();
+        let paid = payments.process(charge(&order), None).await.unwrap();
         let target = Target::Id(paid.id.clone());
         assert_eq!(
-            payments.refund(&target).unwrap().status,
+            payments.refund(&target).await.unwrap().status,
             PaymentStatus::Refunded
         );
         assert_eq!(
-            payments.refund(&target).unwrap().status,
+            payments.refund(&target).await.unwrap().status,
             PaymentStatus::Refunded
         );
         assert_eq!(
-            payments.get(&Target::Key(order)).unwrap().status,
+            payments.get(&Target::Key(order)).await.unwrap().status,
             PaymentStatus::Refunded
         );
     }
 
-    #[test]
-    fn refund_before_charge_voids_the_slot() {
+    #[tokio::test]
+    async fn refund_before_charge_voids_the_slot() {
         let payments = Payments::in_memory();
         let order = IdKind::Order.generate();
-        let voided = payments.refund(&Target::Key(order.clone())).unwrap();
+        let voided = payments.refund(&Target::Key(order.clone())).await.unwrap();
         assert_eq!(voided.status, PaymentStatus::Voided);
         // The late charge is never taken.
-        let late = payments.process(charge(&order), None).unwrap();
+        let late = payments.process(charge(&order), None).await.unwrap();
         assert_eq!(late.status, PaymentStatus::Voided);
         assert_eq!(late.id, voided.id);
     }
 
-    #[test]
-    fn bad_input() {
+    #[tokio::test]
+    async fn bad_input() {
         let payments = Payments::in_memory();
         let order = IdKind::Order.generate();
         for (charge, field) in [
@@ -324,22 +330,22 @@ mod tests {
                 "order_id",
             ),
         ] {
-            let err = payments.process(charge, None).unwrap_err();
+            let err = payments.process(charge, None).await.unwrap_err();
             assert_eq!(err.kind(), ErrorKind::InvalidArgument);
             assert!(err.to_string().contains(field), "{err}");
         }
         let missing = Target::Id(IdKind::Payment.generate());
         assert_eq!(
-            payments.get(&missing).unwrap_err().kind(),
+            payments.get(&missing).await.unwrap_err().kind(),
             ErrorKind::NotFound
         );
         assert_eq!(
-            payments.refund(&missing).unwrap_err().kind(),
+            payments.refund(&missing).await.unwrap_err().kind(),
             ErrorKind::NotFound
         );
         let wrong = Target::Id(order);
         assert_eq!(
-            payments.get(&wrong).unwrap_err().kind(),
+            payments.get(&wrong).await.unwrap_err().kind(),
             ErrorKind::InvalidArgument
         );
     }

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use saga_common::error::to_status;
 use saga_common::faults::{BusinessFaults, guarded};
+use saga_common::store::Store;
 use saga_common::store::Target;
 use saga_proto::shipping::v1 as pb;
 use saga_proto::shipping::v1::shipping_service_server::{ShippingService, ShippingServiceServer};
@@ -24,9 +25,13 @@ impl ShippingApi {
         Self { shipments, faults }
     }
 
-    /// A server with a fresh in-memory register, as the binary runs it.
-    pub fn server(settings: &ShippingSettings) -> ShippingServiceServer<Self> {
-        ShippingServiceServer::new(Self::new(Arc::default(), settings.faults.clone()))
+    /// The server the binary runs, over the store its settings chose.
+    pub fn server(
+        settings: &ShippingSettings,
+        store: Store<Shipment>,
+    ) -> ShippingServiceServer<Self> {
+        let shipments = Arc::new(Shipments::new(store));
+        ShippingServiceServer::new(Self::new(shipments, settings.faults.clone()))
     }
 }
 
@@ -48,8 +53,12 @@ impl ShippingService for ShippingApi {
     ) -> Result<Response<pb::StartShippingResponse>, Status> {
         let failure = self.faults.business_failure(request.metadata())?;
         let req = request.into_inner();
-        guarded(&self.faults.transient(), || {
-            let shipment = reply(self.shipments.start(req.order_id, req.address, failure))?;
+        guarded(&self.faults.transient(), async {
+            let shipment = reply(
+                self.shipments
+                    .start(req.order_id, req.address, failure)
+                    .await,
+            )?;
             Ok(pb::StartShippingResponse { shipment })
         })
         .await
@@ -60,8 +69,8 @@ impl ShippingService for ShippingApi {
         request: Request<pb::CancelShippingRequest>,
     ) -> Result<Response<pb::CancelShippingResponse>, Status> {
         let target = target(request.into_inner().target.map(cancel_target))?;
-        guarded(&self.faults.transient(), || {
-            let shipment = reply(self.shipments.cancel(&target))?;
+        guarded(&self.faults.transient(), async {
+            let shipment = reply(self.shipments.cancel(&target).await)?;
             Ok(pb::CancelShippingResponse { shipment })
         })
         .await
@@ -72,8 +81,8 @@ impl ShippingService for ShippingApi {
         request: Request<pb::GetShipmentRequest>,
     ) -> Result<Response<pb::GetShipmentResponse>, Status> {
         let target = target(request.into_inner().target.map(get_target))?;
-        guarded(&self.faults.transient(), || {
-            let shipment = reply(self.shipments.get(&target))?;
+        guarded(&self.faults.transient(), async {
+            let shipment = reply(self.shipments.get(&target).await)?;
             Ok(pb::GetShipmentResponse { shipment })
         })
         .await

@@ -2,21 +2,22 @@
 //!
 //! The order id is the idempotency key: at most one shipment per order, so a repeated
 //! StartShipping returns the first shipment and never ships twice.
-use saga_common::store::{Target, Transition, find};
+use saga_common::store::{Store, Target, find};
 use saga_common::validate::{self, ValidationError};
-use saga_common::{Classify, ErrorKind, IdKind, MemoryRepository, Record, Repository, StoreError};
+use saga_common::{Classify, ErrorKind, IdKind, Record, Repository, StoreError};
+use serde::{Deserialize, Serialize};
 
 /// Longest delivery address accepted.
 pub const MAX_ADDRESS_LEN: usize = 512;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ShipmentStatus {
     Started,
     Failed,
     Cancelled,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Shipment {
     pub id: String,
     pub order_id: String,
@@ -26,6 +27,7 @@ pub struct Shipment {
 }
 
 impl Record for Shipment {
+    const TABLE: &'static str = "shipments";
     fn id(&self) -> &str {
         &self.id
     }
@@ -69,7 +71,7 @@ pub fn check_target(target: &Target) -> Result<(), ValidationError> {
 
 /// The shipment register over a repository.
 #[derive(Debug, Default)]
-pub struct Shipments<R = MemoryRepository<Shipment>> {
+pub struct Shipments<R = Store<Shipment>> {
     repo: R,
 }
 
@@ -92,7 +94,7 @@ impl<R: Repository<Shipment>> Shipments<R> {
 
     /// Starts shipping an order, or records a FAILED shipment when `failure` gives a reason.
     /// A repeat for the same order returns the first shipment whatever `failure` says now.
-    pub fn start(
+    pub async fn start(
         &self,
         order_id: String,
         address: String,
@@ -112,7 +114,7 @@ impl<R: Repository<Shipment>> Shipments<R> {
             status,
             failure_reason: failure,
         };
-        let (stored, inserted) = self.repo.insert_or_get(candidate.clone())?;
+        let (stored, inserted) = self.repo.insert_or_get(candidate.clone()).await?;
         // A slot cancelled before the start never held an address.
         if stored.address != candidate.address && !stored.address.is_empty() {
             return Err(ShippingError::DifferentAddress(stored.order_id));
@@ -130,9 +132,9 @@ impl<R: Repository<Shipment>> Shipments<R> {
 
     /// Cancels a shipment: STARTED → CANCELLED; CANCELLED and FAILED stay (nothing ships).
     /// By order with no shipment yet, the order's slot is CANCELLED so a late start never ships.
-    pub fn cancel(&self, target: &Target) -> Result<Shipment, ShippingError> {
+    pub async fn cancel(&self, target: &Target) -> Result<Shipment, ShippingError> {
         check_target(target)?;
-        let existing = match (find(&self.repo, target)?, target) {
+        let existing = match (find(&self.repo, target).await?, target) {
             (Some(shipment), _) => shipment,
             (None, Target::Id(id)) => {
                 return Err(ShippingError::NotFound(format!("shipment {id}")));
@@ -145,7 +147,7 @@ impl<R: Repository<Shipment>> Shipments<R> {
                     status: ShipmentStatus::Cancelled,
                     failure_reason: None,
                 };
-                let (stored, inserted) = self.repo.insert_or_get(tombstone)?;
+                let (stored, inserted) = self.repo.insert_or_get(tombstone).await?;
                 if inserted {
                     tracing::info!(shipping_id = %stored.id, %order_id, "shipment slot cancelled before any start");
                     return Ok(stored);
@@ -153,17 +155,19 @@ impl<R: Repository<Shipment>> Shipments<R> {
                 stored
             }
         };
-        let transition: Transition<'_, Shipment, ShippingError> =
-            &mut |shipment: &Shipment| match shipment.status {
+        let transition = |shipment: &Shipment| -> Result<Option<Shipment>, ShippingError> {
+            match shipment.status {
                 ShipmentStatus::Started => Ok(Some(Shipment {
                     status: ShipmentStatus::Cancelled,
                     ..shipment.clone()
                 })),
                 ShipmentStatus::Failed | ShipmentStatus::Cancelled => Ok(None),
-            };
+            }
+        };
         let cancelled = self
             .repo
-            .update(&existing.id, transition)?
+            .update(&existing.id, transition)
+            .await?
             .ok_or_else(|| ShippingError::NotFound(format!("shipment {}", existing.id)))?;
         if existing.status == ShipmentStatus::Started {
             tracing::info!(shipping_id = %cancelled.id, "shipment cancelled");
@@ -171,9 +175,9 @@ impl<R: Repository<Shipment>> Shipments<R> {
         Ok(cancelled)
     }
 
-    pub fn get(&self, target: &Target) -> Result<Shipment, ShippingError> {
+    pub async fn get(&self, target: &Target) -> Result<Shipment, ShippingError> {
         check_target(target)?;
-        find(&self.repo, target)?.ok_or_else(|| {
+        find(&self.repo, target).await?.ok_or_else(|| {
             ShippingError::NotFound(match target {
                 Target::Id(id) => format!("shipment {id}"),
                 Target::Key(order_id) => format!("order {order_id}"),
@@ -188,73 +192,82 @@ mod tests {
 
     const ADDRESS: &str = "1 Main St, Springfield";
 
-    #[test]
-    fn one_shipment_per_order() {
+    #[tokio::test]
+    async fn one_shipment_per_order() {
         let shipments = Shipments::in_memory();
         let order = IdKind::Order.generate();
         let first = shipments
             .start(order.clone(), ADDRESS.into(), None)
+            .await
             .unwrap();
         assert_eq!(first.status, ShipmentStatus::Started);
         assert_eq!(
             shipments
                 .start(order.clone(), ADDRESS.into(), Some("x".into()))
+                .await
                 .unwrap(),
             first
         );
         let err = shipments
             .start(order, "elsewhere".into(), None)
+            .await
             .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::FailedPrecondition);
     }
 
-    #[test]
-    fn cancel_rules() {
+    #[tokio::test]
+    async fn cancel_rules() {
         let shipments = Shipments::in_memory();
         let order = IdKind::Order.generate();
         let failed = shipments
             .start(order.clone(), ADDRESS.into(), Some("no truck".into()))
+            .await
             .unwrap();
         assert_eq!(failed.status, ShipmentStatus::Failed);
         assert_eq!(
-            shipments.cancel(&Target::Id(failed.id)).unwrap().status,
+            shipments
+                .cancel(&Target::Id(failed.id))
+                .await
+                .unwrap()
+                .status,
             ShipmentStatus::Failed
         );
 
         let order = IdKind::Order.generate();
         let started = shipments
             .start(order.clone(), ADDRESS.into(), None)
+            .await
             .unwrap();
         let target = Target::Id(started.id);
         assert_eq!(
-            shipments.cancel(&target).unwrap().status,
+            shipments.cancel(&target).await.unwrap().status,
             ShipmentStatus::Cancelled
         );
         assert_eq!(
-            shipments.cancel(&target).unwrap().status,
+            shipments.cancel(&target).await.unwrap().status,
             ShipmentStatus::Cancelled
         );
         assert_eq!(
-            shipments.get(&Target::Key(order)).unwrap().status,
+            shipments.get(&Target::Key(order)).await.unwrap().status,
             ShipmentStatus::Cancelled
         );
     }
 
-    #[test]
-    fn cancel_before_start_closes_the_slot() {
+    #[tokio::test]
+    async fn cancel_before_start_closes_the_slot() {
         let shipments = Shipments::in_memory();
         let order = IdKind::Order.generate();
-        let cancelled = shipments.cancel(&Target::Key(order.clone())).unwrap();
+        let cancelled = shipments.cancel(&Target::Key(order.clone())).await.unwrap();
         assert_eq!(cancelled.status, ShipmentStatus::Cancelled);
-        let late = shipments.start(order, ADDRESS.into(), None).unwrap();
+        let late = shipments.start(order, ADDRESS.into(), None).await.unwrap();
         assert_eq!(
             (late.id, late.status),
             (cancelled.id, ShipmentStatus::Cancelled)
         );
     }
 
-    #[test]
-    fn bad_input() {
+    #[tokio::test]
+    async fn bad_input() {
         let shipments = Shipments::in_memory();
         let order = IdKind::Order.generate();
         for (order_id, address, field) in [
@@ -262,17 +275,17 @@ mod tests {
             (order.clone(), String::new(), "address"),
             (order.clone(), "x".repeat(MAX_ADDRESS_LEN + 1), "address"),
         ] {
-            let err = shipments.start(order_id, address, None).unwrap_err();
+            let err = shipments.start(order_id, address, None).await.unwrap_err();
             assert_eq!(err.kind(), ErrorKind::InvalidArgument);
             assert!(err.to_string().contains(field), "{err}");
         }
         let missing = Target::Id(IdKind::Shipment.generate());
         assert_eq!(
-            shipments.cancel(&missing).unwrap_err().kind(),
+            shipments.cancel(&missing).await.unwrap_err().kind(),
             ErrorKind::NotFound
         );
         assert_eq!(
-            shipments.get(&Target::Key(order)).unwrap_err().kind(),
+            shipments.get(&Target::Key(order)).await.unwrap_err().kind(),
             ErrorKind::NotFound
         );
     }
