@@ -144,7 +144,7 @@ async fn bad_orders() {
         "ord-not-a-uuid",
     ] {
         let request = order::GetOrderRequest {
-            order_id: bad_id.into(),
+            target: Some(order::get_order_request::Target::OrderId(bad_id.into())),
         };
         expect(
             c.order.get_order(request).await,
@@ -154,9 +154,25 @@ async fn bad_orders() {
     }
     let unknown = IdKind::Order.generate();
     let get = order::GetOrderRequest {
-        order_id: unknown.clone(),
+        target: Some(order::get_order_request::Target::OrderId(unknown.clone())),
     };
     expect(c.order.get_order(get).await, Code::NotFound, &unknown);
+    let by_key = order::GetOrderRequest {
+        target: Some(order::get_order_request::Target::IdempotencyKey(
+            "never-used".into(),
+        )),
+    };
+    expect(
+        c.order.get_order(by_key).await,
+        Code::NotFound,
+        "never-used",
+    );
+    let neither = order::GetOrderRequest { target: None };
+    expect(
+        c.order.get_order(neither).await,
+        Code::InvalidArgument,
+        "order_id or idempotency_key",
+    );
     let cancel = order::CancelOrderRequest {
         order_id: unknown.clone(),
         reason: String::new(),

@@ -349,8 +349,18 @@ impl Process {
         format!("http://{}", self.addr)
     }
 
-    /// Waits until the overall health check answers SERVING.
+    /// Waits until the overall health check answers SERVING; on failure, prints the service's
+    /// log.
     pub async fn wait_serving(&self) -> bool {
+        let serving = self.poll_serving().await;
+        if !serving {
+            let log = std::fs::read_to_string(self.data_dir.join("stderr.log")).unwrap_or_default();
+            eprintln!("{} never served; its log:\n{log}", self.addr);
+        }
+        serving
+    }
+
+    async fn poll_serving(&self) -> bool {
         use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
         let url = self.url();
         eventually(Duration::from_secs(20), || {

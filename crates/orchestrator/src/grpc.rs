@@ -193,6 +193,25 @@ impl GrpcParticipants {
     }
 }
 
+impl GrpcParticipants {
+    async fn read_order(
+        &self,
+        target: order::get_order_request::Target,
+    ) -> Result<order::Order, Status> {
+        let message = order::GetOrderRequest {
+            target: Some(target),
+        };
+        let mut client = self.order.clone();
+        let path = "order.v1.OrderService/GetOrder";
+        let reply = self
+            .call(path, message, false, |r| async move {
+                client.get_order(r).await
+            })
+            .await?;
+        reply.order.ok_or_else(|| missing("order"))
+    }
+}
+
 impl Participants for GrpcParticipants {
     async fn create_order(
         &self,
@@ -238,17 +257,17 @@ impl Participants for GrpcParticipants {
     }
 
     async fn get_order(&self, order_id: &str) -> Result<order::Order, Status> {
-        let message = order::GetOrderRequest {
-            order_id: order_id.to_owned(),
-        };
-        let mut client = self.order.clone();
-        let path = "order.v1.OrderService/GetOrder";
-        let reply = self
-            .call(path, message, false, |r| async move {
-                client.get_order(r).await
-            })
-            .await?;
-        reply.order.ok_or_else(|| missing("order"))
+        self.read_order(order::get_order_request::Target::OrderId(
+            order_id.to_owned(),
+        ))
+        .await
+    }
+
+    async fn find_order(&self, idempotency_key: &str) -> Result<order::Order, Status> {
+        self.read_order(order::get_order_request::Target::IdempotencyKey(
+            idempotency_key.to_owned(),
+        ))
+        .await
     }
 
     async fn process_payment(

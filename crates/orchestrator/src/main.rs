@@ -12,6 +12,7 @@ use std::time::Instant;
 use indicatif::{ProgressBar, ProgressStyle};
 use saga_orchestrator::runner::{Batch, Scenarios, seed_of, shard};
 use saga_orchestrator::stats::Stats;
+use saga_orchestrator::verify::{Acknowledged, verify_run};
 use saga_orchestrator::{OrchestratorSettings, SagaReport, Scenario};
 
 #[derive(Debug, Parser)]
@@ -31,6 +32,29 @@ struct Cli {
 enum Command {
     /// Run sagas and print one result per saga.
     Run(RunArgs),
+    /// Read a run's sagas back from the services and check every invariant; exit 1 on any
+    /// violation.
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct VerifyArgs {
+    /// The run to check.
+    #[arg(long)]
+    run_id: String,
+    /// How many sagas the run had: saga ids `<run-id>-0` to `<run-id>-<count-1>` (for
+    /// `run --scenario all --count 3`, that is 9).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    count: u64,
+    /// Output of `run --output json`: every order, payment and shipment id it reports was
+    /// acknowledged and must still exist. Repeatable.
+    #[arg(long, value_name = "FILE")]
+    acknowledged: Vec<PathBuf>,
+    /// Sagas read at once.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    concurrency: u32,
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    output: Output,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -118,6 +142,7 @@ async fn main() -> ExitCode {
     let telemetry = saga_common::telemetry::init("saga-orchestrator");
     let code = match cli.command {
         Command::Run(args) => run(args, settings).await,
+        Command::Verify(args) => verify(args, settings).await,
     };
     // The last saga's spans leave before the process does, also after SIGTERM.
     telemetry.shutdown().await;
@@ -261,5 +286,84 @@ fn print(output: Output, report: &SagaReport, trace_ui: &str) {
     match output {
         Output::Text => print!("{}", report.to_text(trace_ui)),
         Output::Json => println!("{}", report.to_json()),
+    }
+}
+
+/// The ids a `run --output json` file reports.
+fn acknowledged_ids(files: &[PathBuf]) -> Result<Vec<Acknowledged>, String> {
+    let mut ids = Vec::new();
+    for file in files {
+        let text =
+            std::fs::read_to_string(file).map_err(|err| format!("{}: {err}", file.display()))?;
+        for line in text.lines().filter(|l| l.trim_start().starts_with('{')) {
+            // A run killed mid-write can leave a torn last line: skip what does not parse.
+            let Ok(value) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            let id = |field: &str| value.get(field).and_then(|v| v.as_str()).map(str::to_owned);
+            ids.extend(id("order_id").map(Acknowledged::Order));
+            ids.extend(id("payment_id").map(Acknowledged::Payment));
+            ids.extend(id("shipping_id").map(Acknowledged::Shipment));
+        }
+    }
+    Ok(ids)
+}
+
+async fn verify(args: VerifyArgs, settings: OrchestratorSettings) -> ExitCode {
+    let participants = match GrpcParticipants::new(&settings) {
+        Ok(participants) => participants,
+        Err(err) => {
+            eprintln!("saga-orchestrator: {err}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    let acknowledged = match acknowledged_ids(&args.acknowledged) {
+        Ok(ids) => ids,
+        Err(err) => {
+            eprintln!("saga-orchestrator: cannot read acknowledged writes: {err}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    if settings.wait_ready_secs > 0
+        && let Err(err) = participants.wait_ready(settings.wait_ready()).await
+    {
+        eprintln!("saga-orchestrator: {err}");
+        return ExitCode::FAILURE;
+    }
+    let concurrency = usize::try_from(args.concurrency).unwrap_or(32);
+    let verdict = verify_run(
+        &participants,
+        &settings.retry,
+        &args.run_id,
+        args.count,
+        concurrency,
+        &acknowledged,
+    )
+    .await;
+    match args.output {
+        Output::Json => println!("{}", serde_json::json!({ "verify": verdict })),
+        Output::Text => {
+            for violation in verdict.violations.iter().chain(&verdict.lost) {
+                println!("VIOLATION {violation}");
+            }
+            println!(
+                "verify run {}: {} sagas, {} completed, {} compensated, {} pending, {} missing, {} violations, {} unrefunded charges; {} acknowledged writes, {} lost",
+                verdict.run_id,
+                verdict.sagas,
+                verdict.completed,
+                verdict.compensated,
+                verdict.pending,
+                verdict.missing,
+                verdict.violations.len(),
+                verdict.unrefunded_charges,
+                verdict.acknowledged,
+                verdict.lost.len()
+            );
+        }
+    }
+    if verdict.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }

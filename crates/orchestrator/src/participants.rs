@@ -32,6 +32,11 @@ pub trait Participants: Send + Sync {
         &self,
         order_id: &str,
     ) -> impl Future<Output = Result<order::Order, Status>> + Send;
+    /// The order created with `idempotency_key` (a saga's id).
+    fn find_order(
+        &self,
+        idempotency_key: &str,
+    ) -> impl Future<Output = Result<order::Order, Status>> + Send;
 
     /// `inject_failure` asks the service to decline (the payment-failure scenario).
     fn process_payment(

@@ -30,11 +30,33 @@ impl Default for RetryPolicy {
     }
 }
 
-/// Whether a failure says nothing about the outcome and may pass if tried again.
+/// Whether a failure says nothing about the outcome and may pass if tried again. Every saga call
+/// is idempotent, so a connection torn mid-call (a killed server: `Unknown`, `Cancelled`) is
+/// retried like `UNAVAILABLE`.
 pub fn is_transient(code: Code) -> bool {
     matches!(
         code,
-        Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted
+        Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::ResourceExhausted
+            | Code::Aborted
+            | Code::Unknown
+            | Code::Cancelled
+    )
+}
+
+/// Whether a failure is a definite answer: the call did not and will not take effect.
+pub fn is_definite(code: Code) -> bool {
+    matches!(
+        code,
+        Code::InvalidArgument
+            | Code::NotFound
+            | Code::FailedPrecondition
+            | Code::AlreadyExists
+            | Code::PermissionDenied
+            | Code::Unauthenticated
+            | Code::OutOfRange
+            | Code::Unimplemented
     )
 }
 
@@ -46,9 +68,10 @@ pub struct Failed {
 }
 
 impl Failed {
-    /// The call may have taken effect: its outcome is unknown.
+    /// The call may have taken effect: its outcome is unknown (anything but a definite
+    /// refusal, `INTERNAL` included).
     pub fn outcome_unknown(&self) -> bool {
-        is_transient(self.status.code())
+        !is_definite(self.status.code())
     }
 }
 

@@ -41,8 +41,8 @@ fn optional<T>(result: Result<(T, u32), crate::retry::Failed>) -> Result<Option<
     }
 }
 
-/// Every way `observed` disagrees with `outcome` or with the saga's invariants.
-pub fn violations(outcome: Outcome, observed: &Observed) -> Vec<String> {
+/// Every way `observed` disagrees with the saga's invariants or, when given, with `outcome`.
+pub fn violations(outcome: Option<Outcome>, observed: &Observed) -> Vec<String> {
     let mut found = Vec::new();
     let Some(order) = &observed.order else {
         return vec!["the order does not exist".into()];
@@ -102,7 +102,9 @@ pub fn violations(outcome: Outcome, observed: &Observed) -> Vec<String> {
         }
     }
     let approved = order.status() == OrderStatus::Approved;
-    if (outcome == Outcome::Completed) != approved {
+    if let Some(outcome) = outcome
+        && (outcome == Outcome::Completed) != approved
+    {
         found.push(format!(
             "outcome {outcome:?} but order is {}",
             order.status().as_str_name()
@@ -121,7 +123,7 @@ pub async fn check<P: Participants>(
         return;
     };
     let violations = match read_back(participants, policy, &order_id).await {
-        Ok(observed) => violations(report.outcome, &observed),
+        Ok(observed) => violations(Some(report.outcome), &observed),
         Err(status) => vec![format!(
             "could not read the saga's state back: {:?}: {}",
             status.code(),
@@ -132,6 +134,129 @@ pub async fn check<P: Participants>(
         consistent: violations.is_empty(),
         violations,
     });
+}
+
+const NO_ORDER: &str = "no order";
+
+/// What `saga-orchestrator verify` found for a run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RunVerdict {
+    pub run_id: String,
+    pub sagas: u64,
+    pub completed: u64,
+    pub compensated: u64,
+    /// Sagas with no order: never started, or their first step's outcome stayed unknown.
+    pub missing: u64,
+    /// Orders still PENDING: a saga that did not finish.
+    pub pending: u64,
+    /// Sagas whose participants break an invariant, with the reasons.
+    pub violations: Vec<String>,
+    /// Charges still COMPLETED on a cancelled order.
+    pub unrefunded_charges: u64,
+    /// Acknowledged ids checked, and those no longer there.
+    pub acknowledged: u64,
+    pub lost: Vec<String>,
+}
+
+impl RunVerdict {
+    pub fn is_ok(&self) -> bool {
+        self.missing == 0 && self.pending == 0 && self.violations.is_empty() && self.lost.is_empty()
+    }
+}
+
+/// A write the orchestrator saw acknowledged: which kind of resource, and its id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Acknowledged {
+    Order(String),
+    Payment(String),
+    Shipment(String),
+}
+
+/// Reads sagas `<run_id>-0 .. <run_id>-<count-1>` back from the services, `concurrency` at a
+/// time, and checks every invariant: each saga ended (its order is APPROVED or CANCELLED); an
+/// approved order is charged and shipping; a cancelled one has no charge left and no live
+/// shipment. At most one payment and one shipment per order holds by construction (the order id
+/// is their unique key) and is what makes the reads below well defined.
+pub async fn verify_run<P: Participants>(
+    participants: &P,
+    policy: &RetryPolicy,
+    run_id: &str,
+    count: u64,
+    concurrency: usize,
+    acknowledged: &[Acknowledged],
+) -> RunVerdict {
+    use futures::StreamExt as _;
+    let mut verdict = RunVerdict {
+        run_id: run_id.to_owned(),
+        sagas: count,
+        ..RunVerdict::default()
+    };
+    let results: Vec<(String, Result<Observed, String>)> = futures::stream::iter(0..count)
+        .map(|index| async move {
+            let saga_id = format!("{run_id}-{index}");
+            let order = match optional(policy.run(|| participants.find_order(&saga_id)).await) {
+                Ok(Some(order)) => order,
+                Ok(None) => return (saga_id, Err(NO_ORDER.to_owned())),
+                Err(status) => return (saga_id, Err(format!("unreadable: {}", status.message()))),
+            };
+            let observed = read_back(participants, policy, &order.order_id)
+                .await
+                .map_err(|status| format!("unreadable: {}", status.message()));
+            (saga_id, observed)
+        })
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await;
+    for (saga_id, result) in results {
+        match result {
+            Err(why) if why == NO_ORDER => verdict.missing += 1,
+            Err(why) => verdict.violations.push(format!("{saga_id}: {why}")),
+            Ok(observed) => {
+                let status = observed.order.as_ref().map(order::Order::status);
+                match status {
+                    Some(OrderStatus::Approved) => verdict.completed += 1,
+                    Some(OrderStatus::Cancelled) => verdict.compensated += 1,
+                    _ => verdict.pending += 1,
+                }
+                if status == Some(OrderStatus::Cancelled)
+                    && observed
+                        .payment
+                        .as_ref()
+                        .is_some_and(|p| p.status() == PaymentStatus::Completed)
+                {
+                    verdict.unrefunded_charges += 1;
+                }
+                for violation in violations(None, &observed) {
+                    verdict.violations.push(format!("{saga_id}: {violation}"));
+                }
+            }
+        }
+    }
+    for ack in acknowledged {
+        verdict.acknowledged += 1;
+        let found = match ack {
+            Acknowledged::Order(id) => policy.run(|| participants.get_order(id)).await.map(drop),
+            Acknowledged::Payment(id) => {
+                let by = By::Id(id.clone());
+                policy.run(|| participants.get_payment(&by)).await.map(drop)
+            }
+            Acknowledged::Shipment(id) => {
+                let by = By::Id(id.clone());
+                policy
+                    .run(|| participants.get_shipment(&by))
+                    .await
+                    .map(drop)
+            }
+        };
+        if let Err(failed) = found {
+            verdict.lost.push(format!(
+                "{ack:?}: {:?} {}",
+                failed.status.code(),
+                failed.status.message()
+            ));
+        }
+    }
+    verdict
 }
 
 #[cfg(test)]
@@ -186,7 +311,7 @@ mod tests {
         ];
         for (outcome, observed) in ok {
             assert_eq!(
-                violations(outcome, &observed),
+                violations(Some(outcome), &observed),
                 Vec::<String>::new(),
                 "{outcome:?}"
             );
@@ -217,7 +342,7 @@ mod tests {
         ];
         for (outcome, observed) in bad {
             assert!(
-                !violations(outcome, &observed).is_empty(),
+                !violations(Some(outcome), &observed).is_empty(),
                 "{outcome:?} {observed:?}"
             );
         }
@@ -225,9 +350,9 @@ mod tests {
         if let Some(p) = wrong_amount.payment.as_mut() {
             p.amount_minor = 99;
         }
-        assert_eq!(violations(Outcome::Completed, &wrong_amount).len(), 1);
+        assert_eq!(violations(Some(Outcome::Completed), &wrong_amount).len(), 1);
         assert_eq!(
-            violations(Outcome::Completed, &Observed::default()).len(),
+            violations(Some(Outcome::Completed), &Observed::default()).len(),
             1
         );
     }

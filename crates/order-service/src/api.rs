@@ -82,10 +82,19 @@ impl OrderService for OrderApi {
         &self,
         request: Request<pb::GetOrderRequest>,
     ) -> Result<Response<pb::GetOrderResponse>, Status> {
-        let req = request.into_inner();
+        use pb::get_order_request::Target;
+        let target = request
+            .into_inner()
+            .target
+            .ok_or_else(|| Status::invalid_argument("set either order_id or idempotency_key"))?;
         guarded(&self.faults, async {
-            let order = reply(self.orders.get(&req.order_id).await)?;
-            Ok(pb::GetOrderResponse { order: Some(order) })
+            let order = match &target {
+                Target::OrderId(id) => self.orders.get(id).await,
+                Target::IdempotencyKey(key) => self.orders.get_by_key(key).await,
+            };
+            Ok(pb::GetOrderResponse {
+                order: Some(reply(order)?),
+            })
         })
         .await
     }

@@ -214,6 +214,14 @@ impl<R: Repository<Order>> Orders<R> {
             .ok_or_else(|| OrderError::NotFound(id.to_owned()))
     }
 
+    /// The order created with idempotency key `key`.
+    pub async fn get_by_key(&self, key: &str) -> Result<Order, OrderError> {
+        validate::text("idempotency_key", key, MAX_ID_LEN)?;
+        self.repo.get_by_key(key).await?.ok_or_else(|| {
+            OrderError::NotFound(format!("with idempotency key '{}'", validate::shorten(key)))
+        })
+    }
+
     async fn transition(
         &self,
         id: &str,
