@@ -113,3 +113,91 @@ async fn unknown_services_are_reported_not_found() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
 }
+
+#[tokio::test]
+async fn overload_is_refused_at_once_and_callers_back_off() {
+    let slow = TransientFaults {
+        latency_ms: 200,
+        transient_error_rate: 0.0,
+    };
+    let limits = saga_common::server::Limits {
+        max_concurrent_requests: 2,
+        request_timeout_ms: 5_000,
+    };
+    let server = support::serve_limited(
+        OrderServiceServer::new(OrderApi::new(Arc::new(Orders::in_memory()), slow)),
+        support::quick_shutdown(),
+        limits,
+    )
+    .await;
+    let client = OrderServiceClient::new(support::channel(server.url()).await);
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..12 {
+        let mut client = client.clone();
+        calls.spawn(async move {
+            client
+                .create_order(CreateOrderRequest {
+                    idempotency_key: format!("overload-{i}"),
+                    user_id: "alice".into(),
+                    currency: "EUR".into(),
+                    items: vec![LineItem {
+                        sku: "s".into(),
+                        quantity: 1,
+                        unit_price_minor: 1,
+                    }],
+                })
+                .await
+        });
+    }
+    let mut refused = 0;
+    let mut served = 0;
+    while let Some(result) = calls.join_next().await {
+        match result.unwrap() {
+            Ok(_) => served += 1,
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+                refused += 1;
+            }
+        }
+    }
+    assert!(
+        served >= 2 && refused >= 1,
+        "served {served}, refused {refused}"
+    );
+
+    // The orchestrator's retry policy treats RESOURCE_EXHAUSTED as transient and gets through.
+    let policy = saga_orchestrator::retry::RetryPolicy {
+        max_attempts: 50,
+        call_timeout_ms: 2_000,
+        initial_backoff_ms: 20,
+        max_backoff_ms: 200,
+    };
+    let mut results = tokio::task::JoinSet::new();
+    for i in 0..8 {
+        let (client, policy) = (client.clone(), policy.clone());
+        results.spawn(async move {
+            policy
+                .run(|| {
+                    let mut client = client.clone();
+                    async move {
+                        client
+                            .create_order(CreateOrderRequest {
+                                idempotency_key: format!("patient-{i}"),
+                                user_id: "alice".into(),
+                                currency: "EUR".into(),
+                                items: vec![LineItem {
+                                    sku: "s".into(),
+                                    quantity: 1,
+                                    unit_price_minor: 1,
+                                }],
+                            })
+                            .await
+                    }
+                })
+                .await
+        });
+    }
+    while let Some(result) = results.join_next().await {
+        assert!(result.unwrap().is_ok());
+    }
+}

@@ -68,6 +68,18 @@ pub async fn serve<S>(service: S, shutdown: ShutdownSettings) -> Server
 where
     S: tower_like::Svc,
 {
+    serve_limited(service, shutdown, saga_common::server::Limits::default()).await
+}
+
+/// As [`serve`], with the given overload limits.
+pub async fn serve_limited<S>(
+    service: S,
+    shutdown: ShutdownSettings,
+    limits: saga_common::server::Limits,
+) -> Server
+where
+    S: tower_like::Svc,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
@@ -75,7 +87,7 @@ where
         let signal = async move {
             let _ = stopped.await;
         };
-        saga_common::server::serve(service, listener, shutdown, signal)
+        saga_common::server::serve(service, listener, shutdown, limits, signal)
             .await
             .unwrap();
     });

@@ -56,6 +56,27 @@ pub struct ServiceSettings<F> {
     pub faults: F,
     /// Where the service keeps its records.
     pub store: StoreSettings,
+    /// Bounds on concurrency and time per request.
+    pub limits: Limits,
+}
+
+/// Overload protection: beyond `max_concurrent_requests` calls in flight on a connection, new
+/// calls are refused at once with RESOURCE_EXHAUSTED (callers back off and retry) instead of
+/// queueing without bound; a handler running longer than `request_timeout_ms` is cut off.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    pub max_concurrent_requests: usize,
+    pub request_timeout_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_concurrent_requests: 1024,
+            request_timeout_ms: 10_000,
+        }
+    }
 }
 
 /// Which store a service keeps its records in.
@@ -156,6 +177,7 @@ pub async fn serve<S>(
     service: S,
     listener: TcpListener,
     settings: ShutdownSettings,
+    limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError>
 where
@@ -186,6 +208,9 @@ where
         let _ = drained_tx.send(());
     };
     let server = Server::builder()
+        .concurrency_limit_per_connection(limits.max_concurrent_requests.max(1))
+        .load_shed(true)
+        .timeout(Duration::from_millis(limits.request_timeout_ms.max(1)))
         .layer(GrpcTraceLayer)
         .add_service(health)
         .add_service(reflection)
@@ -317,6 +342,7 @@ where
         service,
         listener,
         settings.shutdown.clone(),
+        settings.limits,
         crate::shutdown::signal(),
     )
     .await;
