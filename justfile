@@ -29,3 +29,7 @@ tools:
 # List what a running service offers, through server reflection.
 grpcurl-list PORT="50051":
     ./scripts/install-tools && .tools/bin/grpcurl -plaintext localhost:{{PORT}} list
+
+# Build the four images (order-saga/<binary>:<version>) with Docker BuildKit; no tests.
+images:
+    ./scripts/test-containers --build-only
