@@ -87,7 +87,12 @@ where
         let signal = async move {
             let _ = stopped.await;
         };
-        saga_common::server::serve(service, listener, shutdown, limits, signal)
+        let options = saga_common::server::ServeOptions {
+            shutdown,
+            limits,
+            ..Default::default()
+        };
+        saga_common::server::serve(service, listener, options, signal)
             .await
             .unwrap();
     });

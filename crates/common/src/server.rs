@@ -58,6 +58,53 @@ pub struct ServiceSettings<F> {
     pub store: StoreSettings,
     /// Bounds on concurrency and time per request.
     pub limits: Limits,
+    /// TLS, and mutual TLS when a client CA is given.
+    pub tls: ServerTls,
+    /// A second, plaintext listener serving only `grpc.health.v1.Health`: kubelet gRPC probes
+    /// cannot speak TLS.
+    pub health_listen_addr: Option<SocketAddr>,
+}
+
+/// Server TLS (`<PREFIX>_TLS__*`): PEM files; a client CA turns on mutual TLS.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerTls {
+    pub cert_file: Option<std::path::PathBuf>,
+    pub key_file: Option<std::path::PathBuf>,
+    /// Clients must present a certificate signed by this CA.
+    pub client_ca_file: Option<std::path::PathBuf>,
+}
+
+fn read_pem(what: &str, path: &std::path::Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|err| format!("cannot read {what} {}: {err}", path.display()))
+}
+
+impl ServerTls {
+    /// The tonic TLS configuration, or `None` for plaintext.
+    pub fn config(&self) -> Result<Option<tonic::transport::ServerTlsConfig>, String> {
+        use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+        let (cert, key) = match (&self.cert_file, &self.key_file) {
+            (None, None) if self.client_ca_file.is_none() => return Ok(None),
+            (Some(cert), Some(key)) => (read_pem("tls.cert_file", cert)?, read_pem("tls.key_file", key)?),
+            _ => return Err("TLS needs both tls.cert_file and tls.key_file (and tls.client_ca_file for mutual TLS)".into()),
+        };
+        let mut config = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
+        if let Some(ca) = &self.client_ca_file {
+            config =
+                config.client_ca_root(Certificate::from_pem(read_pem("tls.client_ca_file", ca)?));
+        }
+        Ok(Some(config))
+    }
+}
+
+/// How [`serve`] runs a service besides the service itself.
+#[derive(Debug, Default)]
+pub struct ServeOptions {
+    pub shutdown: ShutdownSettings,
+    pub limits: Limits,
+    pub tls: Option<tonic::transport::ServerTlsConfig>,
+    /// Plaintext health for probes when the main port speaks TLS.
+    pub health_listener: Option<TcpListener>,
 }
 
 /// Overload protection: beyond `max_concurrent_requests` calls in flight on a connection, new
@@ -176,8 +223,7 @@ pub enum ServeError {
 pub async fn serve<S>(
     service: S,
     listener: TcpListener,
-    settings: ShutdownSettings,
-    limits: Limits,
+    options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError>
 where
@@ -192,7 +238,25 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
+    let ServeOptions {
+        shutdown: settings,
+        limits,
+        tls,
+        health_listener,
+    } = options;
     let (reporter, health) = tonic_health::server::health_reporter();
+    // The probe port shares the reporter: it turns NOT_SERVING with the main one, and keeps
+    // answering through the drain.
+    let probes = health_listener.map(|listener| {
+        let health = tonic_health::pb::health_server::HealthServer::new(
+            tonic_health::server::HealthService::from_health_reporter(reporter.clone()),
+        );
+        tokio::spawn(
+            Server::builder()
+                .add_service(health)
+                .serve_with_incoming(TcpIncoming::from(listener)),
+        )
+    });
     let reflection = crate::server::reflection(S::NAME)?;
     let reflection_alpha = reflection_alpha(S::NAME)?;
     // The listener is bound and the store is ready: only now say so.
@@ -207,7 +271,11 @@ where
         tokio::time::sleep(drain_delay).await;
         let _ = drained_tx.send(());
     };
-    let server = Server::builder()
+    let mut builder = Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    let server = builder
         .concurrency_limit_per_connection(limits.max_concurrent_requests.max(1))
         .load_shed(true)
         .timeout(Duration::from_millis(limits.request_timeout_ms.max(1)))
@@ -228,6 +296,9 @@ where
     tokio::select! {
         result = server => result?,
         () = grace_over => tracing::warn!(?grace, "grace period over; dropping calls still in flight"),
+    }
+    if let Some(probes) = probes {
+        probes.abort();
     }
     tracing::info!("server stopped");
     Ok(())
@@ -326,6 +397,13 @@ where
             return ExitCode::from(EXIT_UNAVAILABLE);
         }
     };
+    let tls = match settings.tls.config() {
+        Ok(tls) => tls,
+        Err(err) => {
+            eprintln!("{name}: invalid setting: {err}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
     let addr = settings
         .listen_addr
         .unwrap_or(SocketAddr::from(([0, 0, 0, 0], default_port)));
@@ -336,16 +414,28 @@ where
             return ExitCode::FAILURE;
         }
     };
-    tracing::info!(%addr, service = S::NAME, "listening");
+    tracing::info!(%addr, service = S::NAME, tls = tls.is_some(), "listening");
+    let health_listener = match settings.health_listen_addr {
+        None => None,
+        Some(health_addr) => match TcpListener::bind(health_addr).await {
+            Ok(listener) => {
+                tracing::info!(%health_addr, "plaintext health for probes");
+                Some(listener)
+            }
+            Err(err) => {
+                tracing::error!(%health_addr, %err, "cannot listen for health probes");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let options = ServeOptions {
+        shutdown: settings.shutdown.clone(),
+        limits: settings.limits,
+        tls,
+        health_listener,
+    };
     let service = make(&settings, store);
-    let served = serve(
-        service,
-        listener,
-        settings.shutdown.clone(),
-        settings.limits,
-        crate::shutdown::signal(),
-    )
-    .await;
+    let served = serve(service, listener, options, crate::shutdown::signal()).await;
     // The last spans leave before the process does.
     telemetry.shutdown().await;
     match served {

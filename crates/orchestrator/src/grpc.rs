@@ -6,13 +6,13 @@ use saga_common::faults::INJECT_FAILURE_HEADER;
 use saga_proto::order::v1::{self as order, order_service_client::OrderServiceClient};
 use saga_proto::payment::v1::{self as payment, payment_service_client::PaymentServiceClient};
 use saga_proto::shipping::v1::{self as shipping, shipping_service_client::ShippingServiceClient};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Request, Status};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 use crate::participants::{By, Participants, missing};
-use crate::settings::OrchestratorSettings;
+use crate::settings::{ClientTls, OrchestratorSettings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -24,6 +24,8 @@ pub enum ConnectError {
     },
     #[error("{0}")]
     NotReady(String),
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// The three services behind gRPC channels.
@@ -36,13 +38,20 @@ pub struct GrpcParticipants {
     call_timeout: Duration,
 }
 
-fn channel(name: &'static str, url: &str) -> Result<Channel, ConnectError> {
-    let endpoint =
-        Endpoint::from_shared(url.to_owned()).map_err(|source| ConnectError::BadUrl {
-            name,
-            url: url.to_owned(),
-            source,
-        })?;
+fn channel(
+    name: &'static str,
+    url: &str,
+    tls: Option<&ClientTlsConfig>,
+) -> Result<Channel, ConnectError> {
+    let bad_url = |source| ConnectError::BadUrl {
+        name,
+        url: url.to_owned(),
+        source,
+    };
+    let mut endpoint = Endpoint::from_shared(url.to_owned()).map_err(bad_url)?;
+    if let Some(tls) = tls.filter(|_| url.starts_with("https://")) {
+        endpoint = endpoint.tls_config(tls.clone()).map_err(bad_url)?;
+    }
     // Lazy: an unreachable service is an UNAVAILABLE call, which the retry policy handles.
     Ok(endpoint
         .connect_timeout(Duration::from_secs(2))
@@ -50,11 +59,38 @@ fn channel(name: &'static str, url: &str) -> Result<Channel, ConnectError> {
         .connect_lazy())
 }
 
+fn read_pem(what: &str, path: &std::path::Path) -> Result<Vec<u8>, ConnectError> {
+    std::fs::read(path)
+        .map_err(|err| ConnectError::Tls(format!("cannot read {what} {}: {err}", path.display())))
+}
+
+/// The client TLS configuration from settings; `None` when no TLS file is set.
+fn tls_config(tls: &ClientTls) -> Result<Option<ClientTlsConfig>, ConnectError> {
+    if tls.ca_file.is_none() && tls.cert_file.is_none() {
+        return Ok(None);
+    }
+    let mut config = ClientTlsConfig::new();
+    if let Some(ca) = &tls.ca_file {
+        config = config.ca_certificate(Certificate::from_pem(read_pem("tls.ca_file", ca)?));
+    }
+    if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
+        config = config.identity(Identity::from_pem(
+            read_pem("tls.cert_file", cert)?,
+            read_pem("tls.key_file", key)?,
+        ));
+    }
+    if let Some(domain) = &tls.domain {
+        config = config.domain_name(domain.clone());
+    }
+    Ok(Some(config))
+}
+
 impl GrpcParticipants {
     pub fn new(settings: &OrchestratorSettings) -> Result<Self, ConnectError> {
-        let order = channel("order_url", &settings.order_url)?;
-        let payment = channel("payment_url", &settings.payment_url)?;
-        let shipping = channel("shipping_url", &settings.shipping_url)?;
+        let tls = tls_config(&settings.tls)?;
+        let order = channel("order_url", &settings.order_url, tls.as_ref())?;
+        let payment = channel("payment_url", &settings.payment_url, tls.as_ref())?;
+        let shipping = channel("shipping_url", &settings.shipping_url, tls.as_ref())?;
         Ok(Self {
             order: OrderServiceClient::new(order.clone()),
             payment: PaymentServiceClient::new(payment.clone()),

@@ -29,6 +29,20 @@ pub struct OrchestratorSettings {
     pub shipping_address: String,
     /// Trace UI that the printed trace links point at (`SAGA_JAEGER_UI`).
     pub jaeger_ui: String,
+    /// TLS to the services (`SAGA_TLS__*`); used for `https://` URLs.
+    pub tls: ClientTls,
+}
+
+/// Client TLS: the CA that signed the services' certificates, and this client's own
+/// certificate for mutual TLS.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClientTls {
+    pub ca_file: Option<std::path::PathBuf>,
+    pub cert_file: Option<std::path::PathBuf>,
+    pub key_file: Option<std::path::PathBuf>,
+    /// The name to verify in the services' certificates, when it differs from the URL's host.
+    pub domain: Option<String>,
 }
 
 impl Default for OrchestratorSettings {
@@ -46,6 +60,7 @@ impl Default for OrchestratorSettings {
             user_id: "demo-user".into(),
             shipping_address: "221B Baker Street, London".into(),
             jaeger_ui: "http://localhost:16686".into(),
+            tls: ClientTls::default(),
         }
     }
 }
@@ -68,6 +83,9 @@ impl Settings for OrchestratorSettings {
                     "{name} must start with http:// or https://, got '{url}'"
                 ));
             }
+        }
+        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
+            return Err("tls.cert_file and tls.key_file go together".into());
         }
         self.retry.check("retry")?;
         self.compensation_retry.check("compensation_retry")
