@@ -26,9 +26,44 @@ orchestrator *ARGS:
 tools:
     ./scripts/install-tools
 
-# List what a running service offers, through server reflection.
+# Batches against running services, e.g. `just batch 10000 64`.
+batch COUNT="1000" CONCURRENCY="16":
+    cargo run --locked --release -p saga-orchestrator -- run --mix success=80,payment-failure=10,shipping-failure=10 --count {{COUNT}} --concurrency {{CONCURRENCY}}
+
+# The benchmark (release build, loopback, bounded); results go in BENCHMARKS.md.
+bench *ARGS:
+    ./scripts/bench {{ARGS}}
+
+# A longer fuzz run over request validation, e.g. `just fuzz 600`.
+fuzz SECONDS="60":
+    FUZZ_SECONDS={{SECONDS}} ./scripts/fuzz-smoke
+
+# A PostgreSQL on loopback for the durability tests (prints its admin URL).
+postgres:
+    ./scripts/postgres
+
+# kind: cluster, images loaded, chart installed, the Job's log with the three seed lines.
+kind-up: images
+    kind create cluster --config k8s/kind-config.yaml
+    for i in order-service payment-service shipping-service saga-orchestrator; do kind load docker-image --name order-saga order-saga/$i:0.1.0; done
+    helm install order-saga helm/order-saga --wait --timeout 5m
+    kubectl wait --for=condition=complete job/order-saga-orchestrator-1 --timeout=300s
+    kubectl logs job/order-saga-orchestrator-1
+
+kind-down:
+    kind delete cluster --name order-saga
+
+# List what a service offers through reflection: a running local one, or (in kind) port-forwarded.
 grpcurl-list PORT="50051":
-    ./scripts/install-tools && .tools/bin/grpcurl -plaintext localhost:{{PORT}} list
+    ./scripts/install-tools
+    if kubectl get svc order-saga-order >/dev/null 2>&1; then \
+      svc=$(case {{PORT}} in 50052) echo payment;; 50053) echo shipping;; *) echo order;; esac); \
+      kubectl port-forward svc/order-saga-$svc {{PORT}} >/dev/null & sleep 2; \
+    fi; .tools/bin/grpcurl -plaintext localhost:{{PORT}} list
+
+# The Jaeger UI of the kind release on http://localhost:16686 (Ctrl-C stops the forward).
+jaeger:
+    kubectl port-forward svc/order-saga-jaeger 16686
 
 # Build the four images (order-saga/<binary>:<version>) with Docker BuildKit; no tests.
 images:
