@@ -269,18 +269,12 @@ async fn half_of_all_calls_failing_transiently_still_converges() {
     assert_eq!(cluster.shipments_all().await.len(), 20);
 }
 
-#[tokio::test]
-async fn a_charge_whose_outcome_is_unknown_is_never_left_behind() {
-    // The payment service is slower than the orchestrator's deadline: every attempt times out.
-    let cluster = Cluster::start(Faults {
-        payment: BusinessFaults {
-            latency_ms: 300,
-            allow_injection: true,
-            ..BusinessFaults::default()
-        },
-        ..Faults::injectable()
-    })
-    .await;
+/// A saga against a cluster where `slow` answers only after the orchestrator's deadline (every
+/// attempt times out), read back once the late calls have landed.
+async fn run_with_a_slow_service(
+    cluster: &Cluster,
+    saga_id: &str,
+) -> saga_orchestrator::SagaReport {
     let mut settings = cluster.settings();
     settings.retry.call_timeout_ms = 100;
     settings.retry.max_attempts = 2;
@@ -288,14 +282,33 @@ async fn a_charge_whose_outcome_is_unknown_is_never_left_behind() {
     let saga = Saga {
         participants: &participants,
         retry: &settings.retry,
-        compensation_retry: &cluster.settings().compensation_retry,
+        compensation_retry: &settings.compensation_retry,
         verify: false,
     };
-    let mut report = saga.run(&plan("s-unknown-pay", Scenario::Success)).await;
-    assert_eq!(report.outcome, Outcome::PaymentFailed, "{report:#?}");
-    // Late charges land after the compensation: give them time, then check nothing is charged.
+    let mut report = saga.run(&plan(saga_id, Scenario::Success)).await;
+    // Late calls land after the compensation: give them time, then read everything back.
     tokio::time::sleep(std::time::Duration::from_millis(800)).await;
     saga_orchestrator::verify::check(&participants, &cluster.settings().retry, &mut report).await;
+    report
+}
+
+fn slow() -> BusinessFaults {
+    BusinessFaults {
+        latency_ms: 300,
+        allow_injection: true,
+        ..BusinessFaults::default()
+    }
+}
+
+#[tokio::test]
+async fn a_charge_whose_outcome_is_unknown_is_never_left_behind() {
+    let cluster = Cluster::start(Faults {
+        payment: slow(),
+        ..Faults::injectable()
+    })
+    .await;
+    let report = run_with_a_slow_service(&cluster, "s-unknown-pay").await;
+    assert_eq!(report.outcome, Outcome::PaymentFailed, "{report:#?}");
     assert!(report.is_ok(), "{report:#?}");
     for payment in cluster.payments_all().await {
         assert_ne!(payment.status, PaymentStatus::Completed, "{payment:?}");
@@ -305,25 +318,11 @@ async fn a_charge_whose_outcome_is_unknown_is_never_left_behind() {
 #[tokio::test]
 async fn a_shipment_whose_outcome_is_unknown_is_cancelled_and_refunded() {
     let cluster = Cluster::start(Faults {
-        shipping: BusinessFaults {
-            latency_ms: 300,
-            allow_injection: true,
-            ..BusinessFaults::default()
-        },
+        shipping: slow(),
         ..Faults::injectable()
     })
     .await;
-    let mut settings = cluster.settings();
-    settings.retry.call_timeout_ms = 100;
-    settings.retry.max_attempts = 2;
-    let participants = cluster.participants();
-    let saga = Saga {
-        participants: &participants,
-        retry: &settings.retry,
-        compensation_retry: &cluster.settings().compensation_retry,
-        verify: false,
-    };
-    let mut report = saga.run(&plan("s-unknown-ship", Scenario::Success)).await;
+    let report = run_with_a_slow_service(&cluster, "s-unknown-ship").await;
     assert_eq!(report.outcome, Outcome::ShippingFailed, "{report:#?}");
     let compensations: Vec<_> = report
         .steps
@@ -335,8 +334,6 @@ async fn a_shipment_whose_outcome_is_unknown_is_cancelled_and_refunded() {
         compensations,
         ["CancelShipping", "RefundPayment", "CancelOrder"]
     );
-    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
-    saga_orchestrator::verify::check(&participants, &cluster.settings().retry, &mut report).await;
     assert!(report.is_ok(), "{report:#?}");
     for shipment in cluster.shipments_all().await {
         assert_ne!(shipment.status, ShipmentStatus::Started, "{shipment:?}");

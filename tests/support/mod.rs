@@ -66,7 +66,7 @@ impl Drop for Server {
 /// Serves `service` on 127.0.0.1:0 with the shared bootstrap (health, reflection, shutdown).
 pub async fn serve<S>(service: S, shutdown: ShutdownSettings) -> Server
 where
-    S: tower_like::Svc,
+    S: saga_common::server::GrpcService,
 {
     serve_limited(service, shutdown, saga_common::server::Limits::default()).await
 }
@@ -78,7 +78,7 @@ pub async fn serve_limited<S>(
     limits: saga_common::server::Limits,
 ) -> Server
 where
-    S: tower_like::Svc,
+    S: saga_common::server::GrpcService,
 {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -100,39 +100,6 @@ where
         addr,
         stop: Some(stop),
         task: Some(task),
-    }
-}
-
-/// The bound a served service satisfies, named once.
-pub mod tower_like {
-    use std::convert::Infallible;
-
-    pub trait Svc:
-        tonic::codegen::Service<
-            tonic::codegen::http::Request<tonic::body::Body>,
-            Response = tonic::codegen::http::Response<tonic::body::Body>,
-            Error = Infallible,
-            Future: Send + 'static,
-        > + tonic::server::NamedService
-        + Clone
-        + Send
-        + Sync
-        + 'static
-    {
-    }
-
-    impl<T> Svc for T where
-        T: tonic::codegen::Service<
-                tonic::codegen::http::Request<tonic::body::Body>,
-                Response = tonic::codegen::http::Response<tonic::body::Body>,
-                Error = Infallible,
-                Future: Send + 'static,
-            > + tonic::server::NamedService
-            + Clone
-            + Send
-            + Sync
-            + 'static
-    {
     }
 }
 

@@ -97,6 +97,35 @@ impl ServerTls {
     }
 }
 
+/// What tonic needs of a generated gRPC server (`OrderServiceServer<…>` and the like) to serve it.
+pub trait GrpcService:
+    tower_service::Service<
+        http::Request<Body>,
+        Response = http::Response<Body>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + NamedService
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<T> GrpcService for T where
+    T: tower_service::Service<
+            http::Request<Body>,
+            Response = http::Response<Body>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// How [`serve`] runs a service besides the service itself.
 #[derive(Debug, Default)]
 pub struct ServeOptions {
@@ -227,16 +256,7 @@ pub async fn serve<S>(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError>
 where
-    S: tower_service::Service<
-            http::Request<Body>,
-            Response = http::Response<Body>,
-            Error = Infallible,
-        > + NamedService
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
+    S: GrpcService,
 {
     let ServeOptions {
         shutdown: settings,
@@ -368,16 +388,7 @@ pub async fn run_service<F, R, S>(
 where
     F: FaultSettings,
     R: Record,
-    S: tower_service::Service<
-            http::Request<Body>,
-            Response = http::Response<Body>,
-            Error = Infallible,
-        > + NamedService
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
+    S: GrpcService,
 {
     use clap::Parser;
     let cli = ServiceCli::parse();
