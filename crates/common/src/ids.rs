@@ -29,9 +29,11 @@ impl IdKind {
         if value.is_empty() {
             return Err(ValidationError::new(field, "is required"));
         }
-        let well_formed = value
-            .strip_prefix(self.prefix())
-            .is_some_and(|rest| Uuid::try_parse(rest).is_ok());
+        // Only the canonical spelling (lower-case, hyphenated): ids are keys, and the same UUID
+        // spelled another way must not name another record.
+        let well_formed = value.strip_prefix(self.prefix()).is_some_and(|rest| {
+            Uuid::try_parse(rest).is_ok_and(|uuid| uuid.hyphenated().to_string() == rest)
+        });
         if well_formed {
             return Ok(());
         }
@@ -63,5 +65,18 @@ mod tests {
         assert!(IdKind::Payment.check("payment_id", &order).is_err());
         assert!(IdKind::Order.check("order_id", "ord-123").is_err());
         assert!(IdKind::Order.check("order_id", "").is_err());
+        let canonical = IdKind::Order.generate();
+        let rest = &canonical[4..];
+        for other_spelling in [
+            format!("ord-{}", rest.to_uppercase()),
+            format!("ord-{}", rest.replace('-', "")),
+            format!("ord-{{{rest}}}"),
+            format!("ord-urn:uuid:{rest}"),
+        ] {
+            assert!(
+                IdKind::Order.check("order_id", &other_spelling).is_err(),
+                "{other_spelling}"
+            );
+        }
     }
 }

@@ -76,8 +76,11 @@ impl SqlStore {
     async fn connect(url: &str, sqlite_sync: &'static str) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
         let postgres = url.starts_with("postgres:") || url.starts_with("postgresql:");
+        // SQLite has one writer at a time: a single connection makes writers queue in the pool
+        // (asynchronously) instead of spinning in SQLite's busy handler, which sleeps in steps of
+        // up to 100 ms and wrecks tail latency.
         let pool = AnyPoolOptions::new()
-            .max_connections(if postgres { 16 } else { 8 })
+            .max_connections(if postgres { 16 } else { 1 })
             .acquire_timeout(Duration::from_secs(10))
             .after_connect(move |conn, _| {
                 Box::pin(async move {
