@@ -63,6 +63,20 @@ impl Drop for TelemetryGuard {
     }
 }
 
+/// The log filter from `RUST_LOG` (default `info`). Plain `target=level` directives become a
+/// `Targets` filter, which costs next to nothing per span; `EnvFilter` (span and field
+/// directives) is used only when `RUST_LOG` needs it, since it runs on every span enter and exit.
+fn log_filter<S>() -> Box<dyn tracing_subscriber::layer::Filter<S> + Send + Sync>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    let directives = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
+    if let Ok(targets) = directives.parse::<tracing_subscriber::filter::Targets>() {
+        return Box::new(targets);
+    }
+    Box::new(EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info")))
+}
+
 /// Whether logs should be JSON lines.
 pub fn json_logs() -> bool {
     match std::env::var("LOG_FORMAT") {
@@ -178,7 +192,6 @@ pub fn init(service_name: &str) -> TelemetryGuard {
         Box::new(TraceContextPropagator::new()),
         Box::new(BaggagePropagator::new()),
     ]));
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let (provider, problem) = if export_configured() {
         match tracer_provider(service_name) {
             Ok(provider) => (Some(provider), None),
@@ -201,13 +214,13 @@ pub fn init(service_name: &str) -> TelemetryGuard {
         tfmt::layer()
             .event_format(JsonWithTrace)
             .with_writer(std::io::stderr)
-            .with_filter(filter)
+            .with_filter(log_filter())
             .boxed()
     } else {
         tfmt::layer()
             .with_writer(std::io::stderr)
             .with_target(false)
-            .with_filter(filter)
+            .with_filter(log_filter())
             .boxed()
     };
     let installed = tracing_subscriber::registry()

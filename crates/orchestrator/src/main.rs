@@ -15,6 +15,9 @@ use saga_orchestrator::stats::Stats;
 use saga_orchestrator::verify::{Acknowledged, verify_run};
 use saga_orchestrator::{OrchestratorSettings, SagaReport, Scenario};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     version,
