@@ -20,10 +20,11 @@ starts the orchestrator image exactly as the chart's Job would::
     # docker run --rm $(for k, v: -e k=v) job["image"] *job["args"]
 
     for key, svc in service_invocations().items():   # "order", "payment", "shipping"
-        svc["image"], svc["env"], svc["port"], svc["health_service"]
+        svc["image"], svc["env"], svc["port"], svc["health_service"], svc["health_port"]
 
-Every env value of the app containers is a literal (no valueFrom), so ``env`` is a plain
-dict. Both functions take the same ``values`` overrides as :func:`render` (e.g.
+``env`` is a plain dict of the literal values: entries from a Secret (``valueFrom``, such as
+DATABASE_URL with a PostgreSQL store; none with the defaults) are left out. Both functions
+take the same ``values`` overrides as :func:`render` (e.g.
 ``orchestrator_invocation({"job": {"scenario": "success", "count": 1}})``); a container
 test will usually replace the service URLs and the OTLP endpoint with its own addresses.
 
@@ -185,7 +186,8 @@ def service_invocations(
 
     Each entry: {"name": Deployment/Service name, "component": e.g. "order-service",
     "image", "command" (None: ENTRYPOINT), "args", "env": {name: value}, "port": gRPC port,
-    "health_service": the gRPC health service name its probes ask for}.
+    "health_service": the gRPC health service name its probes ask for, "health_port": the
+    port they ask on (the gRPC port, or tls.healthPort with TLS)}.
     """
     result = {}
     for deployment in find(render(values, **render_args), "Deployment"):
@@ -203,6 +205,7 @@ def service_invocations(
             "env": env_dict(container),
             "port": port["containerPort"],
             "health_service": container["readinessProbe"]["grpc"]["service"],
+            "health_port": container["readinessProbe"]["grpc"]["port"],
         }
     return result
 

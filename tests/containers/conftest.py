@@ -69,24 +69,37 @@ def chart_images(service_specs, job_spec) -> dict[str, dict[str, Any]]:
 def service_env(spec: dict[str, Any]) -> dict[str, str]:
     """The chart's env of a service, listening on 127.0.0.1 at the chart's port, no OTLP."""
     env = harness.without_otlp(spec["env"])
-    (listen,) = [name for name in env if name.endswith("_LISTEN_ADDR")]
+    (listen,) = [name for name in env
+                 if name.endswith("_LISTEN_ADDR") and not name.endswith("_HEALTH_LISTEN_ADDR")]
     env[listen] = f"127.0.0.1:{spec['port']}"
     return env
 
 
-@pytest.fixture(scope="module")
-def services(request, docker_ready, service_specs, chart_runtime, tmp_path_factory):
-    """The three service images running (--network host, --rm, -d) as the chart runs them
-    (its env and, as far as docker can, its securityContext and volumes: read-only root
-    filesystem, no capabilities, no privilege escalation, a tmpfs per emptyDir), each SERVING.
-    Key -> harness.Container. Removed at the end whatever happened."""
-    taken = [spec["port"] for spec in service_specs.values() if not harness.port_is_free(spec["port"])]
+def start_services(
+    request,
+    specs: dict[str, dict[str, Any]],
+    runtime: dict[str, dict[str, Any]],
+    logs,
+    env_of=service_env,
+    health_port_of=lambda spec: spec["port"],
+    options_of=None,
+    health_proto=None,
+) -> dict[str, harness.Container]:
+    """Starts the three services (--network host, --rm, -d) with ``env_of(spec)`` and the
+    ``docker run`` options ``options_of(spec)`` (default: the chart's securityContext and
+    volumes, ``harness.run_options``), and waits until each reports SERVING (plaintext) on
+    ``health_port_of(spec)`` (with ``health_proto``, a harness.HEALTH_PROTO file, when that
+    port offers no reflection); removed when ``request`` ends."""
+    if options_of is None:
+        def options_of(spec):
+            return harness.run_options(runtime[spec["component"]])
+    ports = [port for spec in specs.values() for port in {spec["port"], health_port_of(spec)}]
+    taken = [port for port in ports if not harness.port_is_free(port)]
     if taken:
         pytest.fail(
             f"127.0.0.1 ports {taken} are in use; the services listen on the chart's ports"
             " (a demo still running? `docker ps --filter label=order-saga.test=containers`?)"
         )
-    logs = tmp_path_factory.mktemp("service-logs")
     suffix = uuid.uuid4().hex[:8]
     started: dict[str, harness.Container] = {}
 
@@ -99,19 +112,29 @@ def services(request, docker_ready, service_specs, chart_runtime, tmp_path_facto
             container.close_log()
 
     request.addfinalizer(remove)
-    for key, spec in service_specs.items():
+    for key, spec in specs.items():
         assert spec["command"] is None, f"the chart overrides {key}'s entrypoint: {spec['command']}"
         container = harness.Container(
             name=f"order-saga-test-{key}-{suffix}",
             image=spec["image"],
             log_path=logs / f"{key}.log",
-            port=spec["port"],
+            port=health_port_of(spec),
             health_service=spec["health_service"],
+            health_proto=health_proto,
         )
         started[key] = container
-        container.start(
-            service_env(spec), spec["args"], harness.run_options(chart_runtime[spec["component"]])
-        )
+        container.start(env_of(spec), spec["args"], options_of(spec))
     for container in started.values():
         container.wait_serving(timeout=30)
     return started
+
+
+@pytest.fixture(scope="module")
+def services(request, docker_ready, service_specs, chart_runtime, tmp_path_factory):
+    """The three service images running (--network host, --rm, -d) as the chart runs them
+    (its env and, as far as docker can, its securityContext and volumes: read-only root
+    filesystem, no capabilities, no privilege escalation, a tmpfs per emptyDir or claim),
+    each SERVING. Key -> harness.Container. Removed at the end whatever happened."""
+    return start_services(
+        request, service_specs, chart_runtime, tmp_path_factory.mktemp("service-logs")
+    )

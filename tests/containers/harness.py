@@ -36,12 +36,13 @@ from render import orchestrator_invocation, service_invocations  # noqa: E402
 __all__ = ["orchestrator_invocation", "service_invocations"]
 
 
-def chart_runtime() -> dict[str, dict[str, Any]]:
+def chart_runtime(values: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
     """Binary (= component) -> how the chart's pod runs its container, beyond image, args and
     env: {"securityContext": {...}, "uid", "gid" (None when unset), "mounts": [(mountPath, the
-    pod volume it mounts)]}, for the three Deployments and the Job, default values."""
+    pod volume it mounts)]}, for the three Deployments and the Job, with ``values`` (default:
+    the chart's defaults)."""
     result = {}
-    for obj in render.render():
+    for obj in render.render(values):
         comp = render.component(obj)
         if obj["kind"] not in ("Deployment", "Job") or comp not in BINARIES:
             continue
@@ -65,12 +66,19 @@ def chart_runtime() -> dict[str, dict[str, Any]]:
     return result
 
 
-def run_options(runtime: dict[str, Any]) -> list[str]:
+def run_options(
+    runtime: dict[str, Any],
+    secrets: dict[str, dict[str, bytes]] | None = None,
+    workdir: Path | None = None,
+) -> list[str]:
     """``docker run`` options for what chart_runtime() found, as far as docker can mirror it:
-    a read-only root filesystem, dropped capabilities, no privilege escalation, and a tmpfs for
+    a read-only root filesystem, dropped capabilities, no privilege escalation, a tmpfs for
     each emptyDir or volume claim mount, writable by the pod's user as an emptyDir is (docker
-    ignores a tmpfs mode on a path the image has, hence uid/gid). The user is left to the image:
-    its USER is what is tested (and compared with runAsUser)."""
+    ignores a tmpfs mode on a path the image has, hence uid/gid), and for each Secret or
+    projected Secret volume a read-only bind mount of a directory under ``workdir`` holding
+    exactly its items, taken from ``secrets`` (Secret name -> key -> bytes), owned by root and
+    the pod's group with the volume's mode, as the kubelet writes them. The user is left to the
+    image: its USER is what is tested (and compared with runAsUser)."""
     context = runtime["securityContext"]
     args = []
     if context.get("readOnlyRootFilesystem"):
@@ -82,11 +90,51 @@ def run_options(runtime: dict[str, Any]) -> list[str]:
     if context.get("privileged"):
         args.append("--privileged")
     for path, volume in runtime["mounts"]:
+        if {"secret", "projected"} & volume.keys():
+            if secrets is None or workdir is None:
+                raise AssertionError(f"the chart mounts Secrets at {path}: pass secrets and workdir")
+            directory = _secret_volume(volume, secrets, workdir, runtime.get("gid"))
+            args += ["--volume", f"{directory}:{path}:ro"]
+            continue
         if not {"emptyDir", "persistentVolumeClaim", "ephemeral"} & volume.keys():
             raise AssertionError(f"no docker equivalent for the chart's volume at {path}: {volume}")
         owner = [f"{key}={runtime[key]}" for key in ("uid", "gid") if runtime.get(key) is not None]
         args += ["--tmpfs", ":".join([path, ",".join(owner or ["mode=1777"])])]
     return args
+
+
+def _secret_volume(
+    volume: dict[str, Any], secrets: dict[str, dict[str, bytes]], workdir: Path, gid: int | None
+) -> Path:
+    """A directory with the files of a ``secret`` or ``projected`` (Secret sources) volume."""
+    if "secret" in volume:
+        sources = [{"name": volume["secret"]["secretName"], "items": volume["secret"].get("items")}]
+        mode = volume["secret"].get("defaultMode", 0o644)
+    else:
+        sources = []
+        for source in volume["projected"]["sources"]:
+            if set(source) != {"secret"}:
+                raise AssertionError(f"no docker equivalent for projected source {source}")
+            sources.append({"name": source["secret"]["name"], "items": source["secret"].get("items")})
+        mode = volume["projected"].get("defaultMode", 0o644)
+    directory = workdir / f"{volume['name']}-{os.urandom(4).hex()}"
+    directory.mkdir(parents=True)
+    for source in sources:
+        data = secrets.get(source["name"])
+        if data is None:
+            raise AssertionError(f"the chart mounts Secret {source['name']}, which the test has not")
+        items = source["items"] or [{"key": key, "path": key} for key in data]
+        for item in items:
+            target = directory / item["path"]
+            if target.exists():
+                raise AssertionError(f"two items of volume {volume['name']} write {item['path']}")
+            target.write_bytes(data[item["key"]])
+            target.chmod(item.get("mode", mode))
+            if gid is not None and os.geteuid() == 0:
+                os.chown(target, 0, gid)
+    directory.chmod(0o755)
+    return directory
+
 
 
 def docker(*args: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess:
@@ -146,12 +194,30 @@ def port_is_free(port: int) -> bool:
     return True
 
 
-def health(port: int, service: str, timeout: float = 5) -> str | None:
-    """The status a gRPC health Check answers for ``service`` (e.g. "SERVING"), or None."""
+# grpc.health.v1 for grpcurl where the server offers no reflection (the plaintext health port
+# of a service under TLS serves Health only, as the kubelet's probes need).
+HEALTH_PROTO = """syntax = "proto3";
+package grpc.health.v1;
+message HealthCheckRequest { string service = 1; }
+message HealthCheckResponse {
+  enum ServingStatus { UNKNOWN = 0; SERVING = 1; NOT_SERVING = 2; SERVICE_UNKNOWN = 3; }
+  ServingStatus status = 1;
+}
+service Health {
+  rpc Check(HealthCheckRequest) returns (HealthCheckResponse);
+  rpc Watch(HealthCheckRequest) returns (stream HealthCheckResponse);
+}
+"""
+
+
+def health(port: int, service: str, timeout: float = 5, proto: Path | None = None) -> str | None:
+    """The status a gRPC health Check answers for ``service`` (e.g. "SERVING"), or None.
+    ``proto``: a file holding HEALTH_PROTO, for a server without reflection."""
+    schema = ["-import-path", str(proto.parent), "-proto", proto.name] if proto else []
     try:
         proc = subprocess.run(
             [
-                str(GRPCURL), "-plaintext", "-max-time", "2",
+                str(GRPCURL), "-plaintext", "-max-time", "2", *schema,
                 "-d", json.dumps({"service": service}),
                 f"127.0.0.1:{port}", "grpc.health.v1.Health/Check",
             ],
@@ -178,6 +244,7 @@ class Container:
     log_path: Path
     port: int | None = None
     health_service: str | None = None
+    health_proto: Path | None = None
     _log_file: IO[bytes] | None = field(default=None, repr=False)
     _log_proc: subprocess.Popen | None = field(default=None, repr=False)
     _run: list[str] = field(default_factory=list, repr=False)
@@ -235,7 +302,7 @@ class Container:
         assert self.port is not None and self.health_service is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if health(self.port, self.health_service) == "SERVING":
+            if health(self.port, self.health_service, proto=self.health_proto) == "SERVING":
                 return
             if not self.running():
                 raise AssertionError(

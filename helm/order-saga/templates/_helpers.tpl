@@ -93,6 +93,27 @@ Object names. Each is cut so that the suffix still fits in 63 characters.
 {{- printf "%s-orchestrator" (include "order-saga.fullname" . | trunc 40 | trimSuffix "-") }}
 {{- end }}
 
+{{- /* A service's SQLite volume claim: <fullname>-<key>-data. */}}
+{{- define "order-saga.serviceDataName" -}}
+{{- printf "%s-%s-data" (include "order-saga.fullname" .root | trunc 48 | trimSuffix "-") .key }}
+{{- end }}
+
+{{- /* The Secret holding a service's DATABASE_URL for the in-chart PostgreSQL. */}}
+{{- define "order-saga.serviceDatabaseSecretName" -}}
+{{- printf "%s-%s-database" (include "order-saga.fullname" .root | trunc 44 | trimSuffix "-") .key }}
+{{- end }}
+
+{{- /* The in-chart PostgreSQL: StatefulSet, its client Service and its Secret. At most 52
+characters: the StatefulSet controller labels its pods with <name>-<10-character hash>. */}}
+{{- define "order-saga.postgresqlName" -}}
+{{- printf "%s-postgresql" (include "order-saga.fullname" . | trunc 41 | trimSuffix "-") }}
+{{- end }}
+
+{{- /* The database of a service in the in-chart PostgreSQL, e.g. order_service. */}}
+{{- define "order-saga.databaseName" -}}
+{{- printf "%s_service" . }}
+{{- end }}
+
 {{/*
 Image reference: repository@digest when a digest is given, else repository:tag, where
 the tag falls back to .Values.image.tag and then to the chart's appVersion.
@@ -110,19 +131,20 @@ Call with (dict "root" $ "image" .Values.services.order.image).
 checkov waivers, as annotations: checkov reads `checkov.io/skipN: CHECK=reason` from an
 object's metadata (a reason may not contain "=" or ","). Each is conditional, so that a
 render where the reason does not hold is checked in full.
-Call with (dict "root" $ "image" <image values or nil> "thirdParty" bool "extra" (list ...)).
+Call with (dict "root" $ "image" <image values or nil> "thirdParty" <values path of an
+upstream image, e.g. "jaeger.image"; empty for the app images> "extra" (list ...)).
 */}}
 {{- define "order-saga.checkovSkips" -}}
 {{- $root := .root }}
 {{- $skips := list }}
 {{- with .image }}
 {{- if $.thirdParty }}
-{{- $skips = append $skips "CKV_K8S_15=a release tag is pinned and IfNotPresent lets a kind-loaded or cached copy start without a registry; set jaeger.image.pullPolicy to Always to change it" }}
+{{- $skips = append $skips (printf "CKV_K8S_15=a release tag is pinned and IfNotPresent lets a kind-loaded or cached copy start without a registry; set %s.pullPolicy to Always to change it" $.thirdParty) }}
 {{- else }}
 {{- $skips = append $skips "CKV_K8S_15=IfNotPresent on purpose - the images are built locally and loaded with kind load docker-image and Always would make the kubelet pull them from a registry that lacks them; set image.pullPolicy to Always where a registry serves them" }}
 {{- end }}
 {{- if and (not .digest) $.thirdParty }}
-{{- $skips = append $skips "CKV_K8S_43=the upstream release tag is pinned; no digest of it could be verified when the chart was written; set jaeger.image.digest to pull by digest" }}
+{{- $skips = append $skips (printf "CKV_K8S_43=the upstream release tag is pinned; no digest of it could be verified when the chart was written; set %s.digest to pull by digest" $.thirdParty) }}
 {{- else if not .digest }}
 {{- $skips = append $skips "CKV_K8S_43=the app images are built from this repository and have no digest before they are pushed to a registry; set the image digest value to pull by digest" }}
 {{- end }}
@@ -149,6 +171,10 @@ Call with the UID the image runs as.
 runAsNonRoot: true
 runAsUser: {{ . }}
 runAsGroup: {{ . }}
+# Volumes (claims, emptyDirs, Secrets) are group-owned by this GID, so the user can write
+# a freshly provisioned volume and read a Secret mounted with mode 0440.
+fsGroup: {{ . }}
+fsGroupChangePolicy: OnRootMismatch
 seccompProfile:
   type: RuntimeDefault
 {{- end }}
@@ -218,9 +244,24 @@ Call with (dict "root" $ "waitReadySecs" N).
 {{- define "order-saga.orchestratorEnv" -}}
 {{- $root := .root }}
 {{- $o := $root.Values.orchestrator }}
+{{- $tls := $root.Values.tls }}
 {{- range $key := list "order" "payment" "shipping" }}
 - name: SAGA_{{ upper $key }}_URL
-  value: {{ printf "http://%s:%d" (include "order-saga.serviceName" (dict "root" $root "key" $key)) (int (index $root.Values.services $key).port) | quote }}
+  value: {{ printf "%s://%s:%d" (ternary "https" "http" $tls.enabled) (include "order-saga.serviceName" (dict "root" $root "key" $key)) (int (index $root.Values.services $key).port) | quote }}
+{{- end }}
+{{- if $tls.enabled }}
+- name: SAGA_TLS__CA_FILE
+  value: {{ printf "%s/ca.crt" (include "order-saga.tlsDir" $root) | quote }}
+{{- if $tls.mutual }}
+- name: SAGA_TLS__CERT_FILE
+  value: {{ printf "%s/tls.crt" (include "order-saga.tlsDir" $root) | quote }}
+- name: SAGA_TLS__KEY_FILE
+  value: {{ printf "%s/tls.key" (include "order-saga.tlsDir" $root) | quote }}
+{{- end }}
+{{- with $tls.domain }}
+- name: SAGA_TLS__DOMAIN
+  value: {{ . | quote }}
+{{- end }}
 {{- end }}
 - name: SAGA_WAIT_READY_SECS
   value: {{ .waitReadySecs | int64 | toString | quote }}
@@ -272,5 +313,75 @@ Arguments of `saga-orchestrator run` from .Values.job (the image's ENTRYPOINT is
 {{- end }}
 {{- if not $j.verify }}
 - --no-verify
+{{- end }}
+{{- end }}
+
+{{/*
+TLS (tls.enabled). Where the certificates are mounted, read-only, in every app pod.
+*/}}
+{{- define "order-saga.tlsDir" -}}
+/etc/order-saga/tls
+{{- end }}
+
+{{/*
+Refuses to render TLS without the Secrets it needs.
+*/}}
+{{- define "order-saga.tlsCheck" -}}
+{{- $tls := .Values.tls }}
+{{- if and $tls.enabled (not $tls.secretName) }}
+{{- fail "tls.enabled=true needs tls.secretName: a kubernetes.io/tls Secret with tls.crt, tls.key and ca.crt (see the chart README)" }}
+{{- end }}
+{{- if and $tls.enabled $tls.mutual (not $tls.clientSecretName) }}
+{{- fail "tls.mutual=true needs tls.clientSecretName: the orchestrator's client certificate Secret (tls.crt, tls.key, ca.crt)" }}
+{{- end }}
+{{- end }}
+
+{{/*
+The orchestrator's TLS volume: ca.crt of the services' Secret (the CA that signed their
+certificate; never their key), plus tls.crt and tls.key of its client certificate when
+mutual. Items are listed so that nothing else of either Secret is mounted.
+*/}}
+{{- define "order-saga.orchestratorTlsVolumes" -}}
+{{- $tls := .Values.tls }}
+{{- if $tls.enabled }}
+{{- include "order-saga.tlsCheck" . }}
+- name: tls
+  projected:
+    defaultMode: 0440
+    sources:
+      - secret:
+          name: {{ $tls.secretName }}
+          items:
+            - key: ca.crt
+              path: ca.crt
+      {{- if $tls.mutual }}
+      - secret:
+          name: {{ $tls.clientSecretName }}
+          items:
+            - key: tls.crt
+              path: tls.crt
+            - key: tls.key
+              path: tls.key
+      {{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "order-saga.tlsVolumeMounts" -}}
+{{- if .Values.tls.enabled }}
+- name: tls
+  mountPath: {{ include "order-saga.tlsDir" . }}
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{/*
+storageClassName of a claim: "" leaves it out (the cluster's default class), "-" sets it
+empty (no dynamic provisioning: bind a pre-created PersistentVolume), else that class.
+*/}}
+{{- define "order-saga.storageClass" -}}
+{{- if eq . "-" }}
+storageClassName: ""
+{{- else if . }}
+storageClassName: {{ . | quote }}
 {{- end }}
 {{- end }}
