@@ -3,9 +3,6 @@ use std::process::ExitCode;
 
 use order_service::{DEFAULT_PORT, OrderApi};
 
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> ExitCode {
     saga_common::server::run_service("order-service", "ORDER", DEFAULT_PORT, OrderApi::server).await

@@ -3,9 +3,6 @@ use std::process::ExitCode;
 
 use payment_service::{DEFAULT_PORT, PaymentApi};
 
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> ExitCode {
     saga_common::server::run_service(

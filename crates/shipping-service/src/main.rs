@@ -3,9 +3,6 @@ use std::process::ExitCode;
 
 use shipping_service::{DEFAULT_PORT, ShippingApi};
 
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> ExitCode {
     saga_common::server::run_service(
