@@ -17,6 +17,20 @@ use saga_proto::order::v1::{CreateOrderRequest, LineItem};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
+/// A one-line order under `key`.
+fn order_request(key: impl Into<String>) -> CreateOrderRequest {
+    CreateOrderRequest {
+        idempotency_key: key.into(),
+        user_id: "alice".into(),
+        currency: "EUR".into(),
+        items: vec![LineItem {
+            sku: "s".into(),
+            quantity: 1,
+            unit_price_minor: 1,
+        }],
+    }
+}
+
 async fn status(
     health: &mut HealthClient<tonic::transport::Channel>,
     service: &str,
@@ -55,20 +69,8 @@ async fn health_turns_not_serving_when_shutdown_begins_and_calls_in_flight_finis
     }
     // A call in flight when the shutdown begins.
     let mut client = OrderServiceClient::new(channel);
-    let in_flight = tokio::spawn(async move {
-        client
-            .create_order(CreateOrderRequest {
-                idempotency_key: "in-flight".into(),
-                user_id: "alice".into(),
-                currency: "EUR".into(),
-                items: vec![LineItem {
-                    sku: "s".into(),
-                    quantity: 1,
-                    unit_price_minor: 1,
-                }],
-            })
-            .await
-    });
+    let in_flight =
+        tokio::spawn(async move { client.create_order(order_request("in-flight")).await });
     tokio::time::sleep(Duration::from_millis(50)).await;
     server.begin_shutdown();
     let turned = support::eventually(Duration::from_secs(2), || {
@@ -136,16 +138,7 @@ async fn overload_is_refused_at_once_and_callers_back_off() {
         let mut client = client.clone();
         calls.spawn(async move {
             client
-                .create_order(CreateOrderRequest {
-                    idempotency_key: format!("overload-{i}"),
-                    user_id: "alice".into(),
-                    currency: "EUR".into(),
-                    items: vec![LineItem {
-                        sku: "s".into(),
-                        quantity: 1,
-                        unit_price_minor: 1,
-                    }],
-                })
+                .create_order(order_request(format!("overload-{i}")))
                 .await
         });
     }
@@ -181,16 +174,7 @@ async fn overload_is_refused_at_once_and_callers_back_off() {
                     let mut client = client.clone();
                     async move {
                         client
-                            .create_order(CreateOrderRequest {
-                                idempotency_key: format!("patient-{i}"),
-                                user_id: "alice".into(),
-                                currency: "EUR".into(),
-                                items: vec![LineItem {
-                                    sku: "s".into(),
-                                    quantity: 1,
-                                    unit_price_minor: 1,
-                                }],
-                            })
+                            .create_order(order_request(format!("patient-{i}")))
                             .await
                     }
                 })
