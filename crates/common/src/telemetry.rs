@@ -37,11 +37,6 @@ pub struct TelemetryGuard {
 }
 
 impl TelemetryGuard {
-    /// Whether spans are exported.
-    pub fn exporting(&self) -> bool {
-        self.provider.is_some()
-    }
-
     /// Flushes and stops the exporter. `SdkTracerProvider::shutdown` blocks while the exporter
     /// still needs the runtime, so it runs on a blocking thread.
     pub async fn shutdown(mut self) {

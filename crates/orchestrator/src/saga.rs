@@ -210,20 +210,14 @@ impl<P: Participants> Saga<'_, P> {
             })
             .await;
         let payment_id = match paid {
-            Ok(payment) if payment.status() == payment::PaymentStatus::Completed => {
-                report.payment_id = Some(payment.payment_id.clone());
-                payment.payment_id
-            }
             Ok(payment) => {
                 report.payment_id = Some(payment.payment_id.clone());
-                let why = format!(
-                    "payment {}: {}",
-                    payment.status().as_str_name(),
-                    payment.decline_reason
-                );
-                return self
-                    .compensate(report, Outcome::PaymentFailed, why, vec![cancel_order])
-                    .await;
+                if let Some(why) = payment.failure() {
+                    return self
+                        .compensate(report, Outcome::PaymentFailed, why, vec![cancel_order])
+                        .await;
+                }
+                payment.payment_id
             }
             Err(failed) => {
                 let why = format!("ProcessPayment failed: {}", status_text(&failed.status));
@@ -250,25 +244,15 @@ impl<P: Participants> Saga<'_, P> {
             })
             .await;
         let shipping_id = match shipped {
-            Ok(shipment) if shipment.status() == shipping::ShipmentStatus::Started => {
-                report.shipping_id = Some(shipment.shipping_id.clone());
-                shipment.shipping_id
-            }
             Ok(shipment) => {
                 report.shipping_id = Some(shipment.shipping_id.clone());
-                let why = format!(
-                    "shipment {}: {}",
-                    shipment.status().as_str_name(),
-                    shipment.failure_reason
-                );
-                return self
-                    .compensate(
-                        report,
-                        Outcome::ShippingFailed,
-                        why,
-                        vec![refund, cancel_order],
-                    )
-                    .await;
+                if let Some(why) = shipment.failure() {
+                    let undo = vec![refund, cancel_order];
+                    return self
+                        .compensate(report, Outcome::ShippingFailed, why, undo)
+                        .await;
+                }
+                shipment.shipping_id
             }
             Err(failed) => {
                 let why = format!("StartShipping failed: {}", status_text(&failed.status));
