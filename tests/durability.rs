@@ -53,7 +53,9 @@ async fn postgres_database(name: &str) -> Option<String> {
         return None;
     };
     sqlx::any::install_default_drivers();
-    let pool = AnyPool::connect(&admin).await.unwrap();
+    let pool = AnyPool::connect(&admin)
+        .await
+        .unwrap_or_else(|e| panic!("POSTGRES_TEST_URL={admin:?} does not connect: {e}"));
     let database = format!("saga_{name}_{}", std::process::id());
     sqlx::query(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {database}")))
         .execute(&pool)
