@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use saga_proto::order::v1::{self as order, order_service_client::OrderServiceClient};
-use sqlx::{AnyPool, AssertSqlSafe};
+use sqlx::{AssertSqlSafe, PgPool};
 use support::{Process, binary, free_port, temp_dir};
 
 /// Where a service keeps its records in a test.
@@ -52,8 +52,7 @@ async fn postgres_database(name: &str) -> Option<String> {
         eprintln!("SKIPPED: POSTGRES_TEST_URL is not set (./scripts/test sets it)");
         return None;
     };
-    sqlx::any::install_default_drivers();
-    let pool = AnyPool::connect(&admin)
+    let pool = PgPool::connect(&admin)
         .await
         .unwrap_or_else(|e| panic!("POSTGRES_TEST_URL={admin:?} does not connect: {e}"));
     let database = format!("saga_{name}_{}", std::process::id());
@@ -410,22 +409,24 @@ async fn chaos(backends: [Backend; 3], label: &str) {
 
 /// Orders with more than one payment, counted in the payment service's own database.
 async fn duplicate_charges(backend: &Backend) -> i64 {
-    sqlx::any::install_default_drivers();
-    let url = match backend {
-        Backend::Sqlite(dir) => format!(
-            "sqlite://{}?mode=ro",
-            dir.join("payment-service.sqlite").display()
-        ),
-        Backend::Postgres(url) => url.clone(),
-    };
-    let pool = AnyPool::connect(&url).await.unwrap();
     // A payment's key is its order id.
     let sql = "SELECT COUNT(*) AS n FROM (SELECT key FROM payments GROUP BY key HAVING COUNT(*) > 1) AS d";
-    let row = sqlx::query(sql).fetch_one(&pool).await.unwrap();
-    use sqlx::Row;
-    let n: i64 = row.try_get("n").unwrap();
-    pool.close().await;
-    n
+    match backend {
+        Backend::Sqlite(dir) => {
+            let conn = rusqlite::Connection::open_with_flags(
+                dir.join("payment-service.sqlite"),
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+            )
+            .unwrap();
+            conn.query_row(sql, [], |row| row.get(0)).unwrap()
+        }
+        Backend::Postgres(url) => {
+            let pool = PgPool::connect(url).await.unwrap();
+            let n: i64 = sqlx::query_scalar(sql).fetch_one(&pool).await.unwrap();
+            pool.close().await;
+            n
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,7 +16,8 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::config::{self, EXIT_BAD_CONFIG, Settings};
-use crate::store::sql::{SqlStore, Synchronous};
+use crate::store::postgres::PgStore;
+use crate::store::sqlite::{SqliteStore, Synchronous};
 use crate::store::{Record, Store, StoreError};
 
 /// Process exit code when a dependency (the store) cannot be reached (EX_UNAVAILABLE).
@@ -199,21 +200,32 @@ impl StoreSettings {
             .ok()
             .filter(|u| !u.trim().is_empty());
         let url = self.url.clone().or(database_url);
-        let sql = match (self.backend, url) {
-            (Backend::Memory, _) => return Ok(Store::default()),
-            (_, Some(url)) => SqlStore::url(&url).await?,
-            (Backend::Postgres, None) => {
-                return Err(StoreError::Unavailable(
-                    "store.backend is postgres but neither store.url nor DATABASE_URL is set"
-                        .into(),
-                ));
+        match (self.backend, url) {
+            (Backend::Memory, _) => Ok(Store::default()),
+            (_, Some(url))
+                if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) =>
+            {
+                Err(StoreError::Unavailable(format!(
+                    "the database URL must start with postgres:// (SQLite is store.backend=sqlite with store.data_dir), got {}",
+                    url.split_once("://")
+                        .map_or("no scheme", |(scheme, _)| scheme)
+                )))
             }
+            (_, Some(url)) => {
+                let postgres = PgStore::connect(&url).await?;
+                postgres.migrate::<R>().await?;
+                Ok(Store::Postgres(postgres.repository()))
+            }
+            (Backend::Postgres, None) => Err(StoreError::Unavailable(
+                "store.backend is postgres but neither store.url nor DATABASE_URL is set".into(),
+            )),
             (Backend::Sqlite, None) => {
-                SqlStore::sqlite(&self.data_dir, name, self.sqlite_synchronous).await?
+                let sqlite =
+                    SqliteStore::open(&self.data_dir, name, self.sqlite_synchronous).await?;
+                sqlite.migrate::<R>().await?;
+                Ok(Store::Sqlite(sqlite.repository()))
             }
-        };
-        sql.migrate::<R>().await?;
-        Ok(Store::Sql(sql.repository()))
+        }
     }
 }
 
@@ -248,6 +260,12 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
+/// Accepted connections with TCP_NODELAY: a reply is written as several small HTTP/2 frames,
+/// and without it Nagle holds the last one back until the client's delayed ACK, 40 ms later.
+fn incoming(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
 /// Serves `service` on `listener` until `shutdown` resolves, then drains and returns.
 pub async fn serve<S>(
     service: S,
@@ -274,7 +292,7 @@ where
         tokio::spawn(
             Server::builder()
                 .add_service(health)
-                .serve_with_incoming(TcpIncoming::from(listener)),
+                .serve_with_incoming(incoming(listener)),
         )
     });
     let reflection = crate::server::reflection(S::NAME)?;
@@ -304,7 +322,7 @@ where
         .add_service(reflection)
         .add_service(reflection_alpha)
         .add_service(service)
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), stop_accepting);
+        .serve_with_incoming_shutdown(incoming(listener), stop_accepting);
     let grace = Duration::from_secs(settings.grace_period_secs);
     let grace_over = async move {
         if drained_rx.await.is_ok() {

@@ -2,9 +2,9 @@
 //! (an order's idempotency key; a payment's or shipment's order id): the key is what makes the
 //! mutating calls idempotent, because a second insert with the same key returns the first record.
 //!
-//! Two implementations: [`MemoryRepository`] (tests, throwaway runs) and
-//! [`sql::SqlRepository`] (SQLite by default, PostgreSQL for several replicas). [`Store`] is
-//! whichever the settings chose.
+//! Three implementations: [`sqlite::SqliteRepository`] (the default: one file per service),
+//! [`postgres::PgRepository`] (several replicas) and [`MemoryRepository`] (tests, throwaway
+//! runs). [`Store`] is whichever the settings chose.
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Mutex, MutexGuard};
@@ -12,7 +12,20 @@ use std::sync::{Mutex, MutexGuard};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-pub mod sql;
+pub mod postgres;
+pub mod sqlite;
+
+/// Schema changes in order; each runs once per table, recorded in `order_saga_schema`.
+/// `{table}` is the record's table. The same SQL on SQLite and PostgreSQL.
+const MIGRATIONS: &[(i64, &str)] = &[(
+    1,
+    "CREATE TABLE IF NOT EXISTS {table} (
+        id TEXT PRIMARY KEY,
+        key TEXT NOT NULL UNIQUE,
+        version BIGINT NOT NULL,
+        body TEXT NOT NULL
+    )",
+)];
 
 /// A stored resource.
 pub trait Record: Clone + Send + Sync + Serialize + DeserializeOwned + 'static {
@@ -159,7 +172,8 @@ impl<R: Record> Repository<R> for MemoryRepository<R> {
 #[derive(Debug)]
 pub enum Store<R> {
     Memory(MemoryRepository<R>),
-    Sql(sql::SqlRepository<R>),
+    Sqlite(sqlite::SqliteRepository<R>),
+    Postgres(postgres::PgRepository<R>),
 }
 
 impl<R> Default for Store<R> {
@@ -172,21 +186,24 @@ impl<R: Record> Repository<R> for Store<R> {
     async fn insert_or_get(&self, record: R) -> Result<(R, bool), StoreError> {
         match self {
             Store::Memory(repo) => repo.insert_or_get(record).await,
-            Store::Sql(repo) => repo.insert_or_get(record).await,
+            Store::Sqlite(repo) => repo.insert_or_get(record).await,
+            Store::Postgres(repo) => repo.insert_or_get(record).await,
         }
     }
 
     async fn get(&self, id: &str) -> Result<Option<R>, StoreError> {
         match self {
             Store::Memory(repo) => repo.get(id).await,
-            Store::Sql(repo) => repo.get(id).await,
+            Store::Sqlite(repo) => repo.get(id).await,
+            Store::Postgres(repo) => repo.get(id).await,
         }
     }
 
     async fn get_by_key(&self, key: &str) -> Result<Option<R>, StoreError> {
         match self {
             Store::Memory(repo) => repo.get_by_key(key).await,
-            Store::Sql(repo) => repo.get_by_key(key).await,
+            Store::Sqlite(repo) => repo.get_by_key(key).await,
+            Store::Postgres(repo) => repo.get_by_key(key).await,
         }
     }
 
@@ -197,14 +214,16 @@ impl<R: Record> Repository<R> for Store<R> {
     {
         match self {
             Store::Memory(repo) => repo.update(id, transition).await,
-            Store::Sql(repo) => repo.update(id, transition).await,
+            Store::Sqlite(repo) => repo.update(id, transition).await,
+            Store::Postgres(repo) => repo.update(id, transition).await,
         }
     }
 
     async fn all(&self) -> Result<Vec<R>, StoreError> {
         match self {
             Store::Memory(repo) => repo.all().await,
-            Store::Sql(repo) => repo.all().await,
+            Store::Sqlite(repo) => repo.all().await,
+            Store::Postgres(repo) => repo.all().await,
         }
     }
 }

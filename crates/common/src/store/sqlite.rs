@@ -1,0 +1,547 @@
+//! SQLite, the embedded default: one connection on its own thread, and group commit.
+//!
+//! SQLite takes one writer at a time, so a pool buys nothing; what costs is the way to the
+//! connection and the commit. Requests queue on a channel; the thread takes everything queued
+//! (up to [`MAX_BATCH`]), runs it in one transaction and answers each request only after the
+//! COMMIT has returned, so an acknowledged write is on disk (with `synchronous = FULL`, one fsync
+//! for the whole batch instead of one per write). Under load batches grow by themselves; a lone
+//! request still commits at once.
+//!
+//! The table layout and the optimistic update are those of [`super::postgres`].
+use std::marker::PhantomData;
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::oneshot;
+
+use super::{MIGRATIONS, Record, Repository, StoreError};
+
+/// Requests per transaction at most: bounds the time a batch holds its callers.
+const MAX_BATCH: usize = 256;
+
+/// What the thread can be asked. Tables are the records' `TABLE` constants, never input.
+#[derive(Debug)]
+enum Op {
+    Migrate {
+        table: &'static str,
+    },
+    /// Inserts unless the key exists; then answers with the existing row.
+    Insert {
+        table: &'static str,
+        id: String,
+        key: String,
+        body: String,
+    },
+    Get {
+        table: &'static str,
+        by: Column,
+        value: String,
+    },
+    /// Writes `body` if the row is still at `version`.
+    Update {
+        table: &'static str,
+        id: String,
+        version: i64,
+        body: String,
+    },
+    All {
+        table: &'static str,
+    },
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Column {
+    Id,
+    Key,
+}
+
+#[derive(Debug)]
+enum Outcome {
+    Done,
+    Inserted,
+    Existing(Option<(String, i64)>),
+    Row(Option<(String, i64)>),
+    Updated(bool),
+    Rows(Vec<String>),
+}
+
+type Reply = oneshot::Sender<Result<Outcome, StoreError>>;
+
+/// How SQLite commits: FULL survives a power cut, NORMAL (WAL) only a crash of the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    Full,
+    Normal,
+}
+
+/// An open SQLite database, served by its thread until the last handle is dropped.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    requests: mpsc::Sender<(Op, Reply)>,
+    /// Never sent on: the checkpoint thread stops when the last clone of this is dropped.
+    _checkpoints: mpsc::Sender<()>,
+}
+
+impl SqliteStore {
+    /// The database of `service` in `data_dir` (both created if missing).
+    pub async fn open(
+        data_dir: &Path,
+        service: &str,
+        synchronous: Synchronous,
+    ) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|err| {
+            StoreError::Unavailable(format!(
+                "cannot create data directory {}: {err}",
+                data_dir.display()
+            ))
+        })?;
+        let file = data_dir.join(format!("{service}.sqlite"));
+        let conn = connect(&file, synchronous).map_err(|err| {
+            StoreError::Unavailable(format!("cannot open {}: {err}", file.display()))
+        })?;
+        let checkpointer = connect(&file, synchronous).map_err(|err| {
+            StoreError::Unavailable(format!("cannot open {}: {err}", file.display()))
+        })?;
+        let spawn_failed =
+            |err: std::io::Error| StoreError::Unavailable(format!("cannot start a thread: {err}"));
+        let (requests, queue) = mpsc::channel();
+        std::thread::Builder::new()
+            .name(format!("sqlite-{service}"))
+            .spawn(move || serve(conn, queue))
+            .map_err(spawn_failed)?;
+        let (_checkpoints, stop) = mpsc::channel();
+        std::thread::Builder::new()
+            .name(format!("sqlite-checkpoint-{service}"))
+            .spawn(move || checkpoint(&checkpointer, &stop))
+            .map_err(spawn_failed)?;
+        Ok(Self {
+            requests,
+            _checkpoints,
+        })
+    }
+
+    async fn ask(&self, op: Op) -> Result<Outcome, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send((op, reply))
+            .map_err(|_| StoreError::Unavailable("the SQLite thread has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Unavailable("the SQLite thread has stopped".into()))?
+    }
+
+    /// Creates or upgrades the table of `R`.
+    pub async fn migrate<R: Record>(&self) -> Result<(), StoreError> {
+        self.ask(Op::Migrate { table: R::TABLE }).await.map(drop)
+    }
+
+    /// The repository of `R` in this database (after [`SqliteStore::migrate`]).
+    pub fn repository<R: Record>(&self) -> SqliteRepository<R> {
+        SqliteRepository {
+            store: self.clone(),
+            record: PhantomData,
+        }
+    }
+}
+
+fn connect(file: &Path, synchronous: Synchronous) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(file)?;
+    // WAL: a commit appends to the log; readers of the file (the checker) never block us.
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    let sync = match synchronous {
+        Synchronous::Full => "FULL",
+        Synchronous::Normal => "NORMAL",
+    };
+    conn.pragma_update(None, "synchronous", sync)?;
+    // Another process on the file (an operator's sqlite3) makes us wait, not fail.
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.set_prepared_statement_cache_capacity(64);
+    // Checkpoints (copying the log into the database file, with its fsync) run on their own
+    // thread, not inside a COMMIT that a whole batch of callers waits for.
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    Ok(conn)
+}
+
+/// How often the log is copied into the database: often enough to keep it small.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+
+/// The checkpoint thread. PASSIVE never blocks the writer; a checkpoint that cannot finish
+/// (a reader in the way) finishes on a later tick.
+fn checkpoint(conn: &Connection, stop: &mpsc::Receiver<()>) {
+    let mut warned = false;
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY) {
+        let result = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+        if let Err(err) = result
+            && !warned
+        {
+            tracing::warn!(error = %err, "SQLite checkpoint failed; the log grows until one succeeds");
+            warned = true;
+        }
+    }
+    // Leave the log empty for the next start.
+    let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+}
+
+/// The thread: batches until every handle is gone.
+fn serve(mut conn: Connection, queue: mpsc::Receiver<(Op, Reply)>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Ok(first) = queue.recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let answers = run_batch(&mut conn, &batch);
+        for ((_, reply), answer) in batch.drain(..).zip(answers) {
+            // A caller that gave up (deadline) no longer listens; its write stands.
+            let _ = reply.send(answer);
+        }
+    }
+}
+
+/// Runs `batch` in one transaction. A statement that fails fails its own request (SQLite undoes
+/// just that statement); if SQLite had to abandon the whole transaction, or the COMMIT fails,
+/// nothing in the batch is acknowledged.
+fn run_batch(conn: &mut Connection, batch: &[(Op, Reply)]) -> Vec<Result<Outcome, StoreError>> {
+    let all_failed = |why: String| {
+        batch
+            .iter()
+            .map(|_| Err(StoreError::Unavailable(why.clone())))
+            .collect()
+    };
+    let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(err) => return all_failed(format!("cannot begin a transaction: {err}")),
+    };
+    let mut answers = Vec::with_capacity(batch.len());
+    for (op, _) in batch {
+        match run(&tx, op) {
+            Ok(outcome) => answers.push(Ok(outcome)),
+            Err(err) if tx.is_autocommit() => {
+                return all_failed(format!("transaction rolled back, nothing written: {err}"));
+            }
+            Err(err) => answers.push(Err(StoreError::Unavailable(err.to_string()))),
+        }
+    }
+    match tx.commit() {
+        Ok(()) => answers,
+        Err(err) => all_failed(format!("commit failed, nothing written: {err}")),
+    }
+}
+
+fn run(conn: &Connection, op: &Op) -> rusqlite::Result<Outcome> {
+    match op {
+        Op::Migrate { table } => {
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS order_saga_schema (tbl TEXT NOT NULL, version BIGINT NOT NULL, PRIMARY KEY (tbl, version))",
+                [],
+            )?;
+            for (version, statement) in MIGRATIONS {
+                let done = conn
+                    .query_row(
+                        "SELECT 1 FROM order_saga_schema WHERE tbl = ?1 AND version = ?2",
+                        params![table, version],
+                        |_| Ok(()),
+                    )
+                    .optional()?
+                    .is_some();
+                if !done {
+                    conn.execute(&statement.replace("{table}", table), [])?;
+                    conn.execute(
+                        "INSERT INTO order_saga_schema (tbl, version) VALUES (?1, ?2)",
+                        params![table, version],
+                    )?;
+                }
+            }
+            Ok(Outcome::Done)
+        }
+        Op::Insert {
+            table,
+            id,
+            key,
+            body,
+        } => {
+            let inserted = conn
+                .prepare_cached(&format!(
+                    "INSERT INTO {table} (id, key, version, body) VALUES (?1, ?2, 1, ?3) ON CONFLICT (key) DO NOTHING"
+                ))?
+                .execute(params![id, key, body])?;
+            if inserted == 1 {
+                Ok(Outcome::Inserted)
+            } else {
+                Ok(Outcome::Existing(fetch(conn, table, Column::Key, key)?))
+            }
+        }
+        Op::Get { table, by, value } => Ok(Outcome::Row(fetch(conn, table, *by, value)?)),
+        Op::Update {
+            table,
+            id,
+            version,
+            body,
+        } => {
+            let written = conn
+                .prepare_cached(&format!(
+                    "UPDATE {table} SET body = ?1, version = version + 1 WHERE id = ?2 AND version = ?3"
+                ))?
+                .execute(params![body, id, version])?;
+            Ok(Outcome::Updated(written == 1))
+        }
+        Op::All { table } => {
+            let mut statement = conn.prepare_cached(&format!("SELECT body FROM {table}"))?;
+            let rows = statement
+                .query_map([], |row| row.get(0))?
+                .collect::<rusqlite::Result<Vec<String>>>()?;
+            Ok(Outcome::Rows(rows))
+        }
+    }
+}
+
+fn fetch(
+    conn: &Connection,
+    table: &str,
+    by: Column,
+    value: &str,
+) -> rusqlite::Result<Option<(String, i64)>> {
+    let column = match by {
+        Column::Id => "id",
+        Column::Key => "key",
+    };
+    conn.prepare_cached(&format!(
+        "SELECT body, version FROM {table} WHERE {column} = ?1"
+    ))?
+    .query_row([value], |row| Ok((row.get(0)?, row.get(1)?)))
+    .optional()
+}
+
+/// The records of one kind in a [`SqliteStore`].
+#[derive(Debug)]
+pub struct SqliteRepository<R> {
+    store: SqliteStore,
+    record: PhantomData<fn() -> R>,
+}
+
+fn decode<R: Record>(body: &str) -> Result<R, StoreError> {
+    serde_json::from_str(body).map_err(|err| StoreError::Corrupt(err.to_string()))
+}
+
+fn encode<R: Record>(record: &R) -> Result<String, StoreError> {
+    serde_json::to_string(record).map_err(|err| StoreError::Corrupt(err.to_string()))
+}
+
+fn unexpected(outcome: Outcome) -> StoreError {
+    StoreError::Unavailable(format!(
+        "unexpected answer from the SQLite thread: {outcome:?}"
+    ))
+}
+
+impl<R: Record> SqliteRepository<R> {
+    async fn fetch(&self, by: Column, value: &str) -> Result<Option<(R, i64)>, StoreError> {
+        let op = Op::Get {
+            table: R::TABLE,
+            by,
+            value: value.to_owned(),
+        };
+        match self.store.ask(op).await? {
+            Outcome::Row(row) => row
+                .map(|(body, version)| Ok((decode(&body)?, version)))
+                .transpose(),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+impl<R: Record> Repository<R> for SqliteRepository<R> {
+    async fn insert_or_get(&self, record: R) -> Result<(R, bool), StoreError> {
+        let op = Op::Insert {
+            table: R::TABLE,
+            id: record.id().to_owned(),
+            key: record.key().to_owned(),
+            body: encode(&record)?,
+        };
+        match self.store.ask(op).await? {
+            Outcome::Inserted => Ok((record, true)),
+            Outcome::Existing(Some((body, _))) => Ok((decode(&body)?, false)),
+            Outcome::Existing(None) => Err(StoreError::Unavailable(format!(
+                "key {} conflicted but cannot be read back",
+                record.key()
+            ))),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<R>, StoreError> {
+        Ok(self.fetch(Column::Id, id).await?.map(|(record, _)| record))
+    }
+
+    async fn get_by_key(&self, key: &str) -> Result<Option<R>, StoreError> {
+        Ok(self
+            .fetch(Column::Key, key)
+            .await?
+            .map(|(record, _)| record))
+    }
+
+    async fn update<E, F>(&self, id: &str, mut transition: F) -> Result<Option<R>, E>
+    where
+        E: From<StoreError> + Send,
+        F: FnMut(&R) -> Result<Option<R>, E> + Send,
+    {
+        loop {
+            let Some((current, version)) = self.fetch(Column::Id, id).await? else {
+                return Ok(None);
+            };
+            let Some(next) = transition(&current)? else {
+                return Ok(Some(current));
+            };
+            let op = Op::Update {
+                table: R::TABLE,
+                id: id.to_owned(),
+                version,
+                body: encode(&next)?,
+            };
+            match self.store.ask(op).await? {
+                Outcome::Updated(true) => return Ok(Some(next)),
+                // Someone else updated the record in between: decide again on its new state.
+                Outcome::Updated(false) => continue,
+                other => return Err(unexpected(other).into()),
+            }
+        }
+    }
+
+    async fn all(&self) -> Result<Vec<R>, StoreError> {
+        match self.store.ask(Op::All { table: R::TABLE }).await? {
+            Outcome::Rows(rows) => rows.iter().map(|body| decode(body)).collect(),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::tests::{Item, contract, item};
+
+    fn temp_dir(name: &str) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("saga-sqlite-{name}-{}", std::process::id()))
+    }
+
+    async fn open(dir: &Path, synchronous: Synchronous) -> SqliteStore {
+        let store = SqliteStore::open(dir, "test", synchronous).await.unwrap();
+        store.migrate::<Item>().await.unwrap();
+        store
+    }
+
+    #[tokio::test]
+    async fn keeps_the_contract_and_survives_a_reopen() {
+        let dir = temp_dir("contract");
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = open(&dir, Synchronous::Full).await;
+        store.migrate::<Item>().await.unwrap(); // idempotent
+        contract(&store.repository::<Item>()).await;
+        drop(store);
+
+        let reopened = open(&dir, Synchronous::Normal).await;
+        let repo = reopened.repository::<Item>();
+        assert_eq!(repo.get("a").await.unwrap().map(|r| r.n), Some(1));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writes_batch_and_none_is_lost() {
+        let dir = temp_dir("race");
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = open(&dir, Synchronous::Normal).await;
+        let repo = std::sync::Arc::new(store.repository::<Item>());
+        repo.insert_or_get(item("a", "k")).await.unwrap();
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..50 {
+            let repo = repo.clone();
+            tasks.spawn(async move {
+                // Contended updates of one row, and inserts racing on one key.
+                repo.update::<StoreError, _>("a", |r: &Item| {
+                    Ok(Some(Item {
+                        n: r.n + 1,
+                        ..r.clone()
+                    }))
+                })
+                .await
+                .unwrap();
+                repo.insert_or_get(item(&format!("id{i}"), "shared"))
+                    .await
+                    .unwrap()
+            });
+        }
+        let mut winners = 0;
+        while let Some(joined) = tasks.join_next().await {
+            let (stored, inserted) = joined.unwrap();
+            winners += usize::from(inserted);
+            assert_eq!(stored.key, "shared");
+        }
+        assert_eq!(winners, 1);
+        assert_eq!(repo.get("a").await.unwrap().map(|r| r.n), Some(50));
+        assert_eq!(repo.all().await.unwrap().len(), 2);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_failed_statement_fails_only_its_request() {
+        let dir = temp_dir("failed");
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = open(&dir, Synchronous::Normal).await;
+        let repo = store.repository::<Item>();
+        repo.insert_or_get(item("a", "k1")).await.unwrap();
+        // Same id, other key: the primary key refuses it.
+        let (dup, other) = tokio::join!(
+            repo.insert_or_get(item("a", "k2")),
+            repo.insert_or_get(item("b", "k3"))
+        );
+        assert!(matches!(dup, Err(StoreError::Unavailable(_))), "{dup:?}");
+        assert!(other.unwrap().1);
+        assert_eq!(repo.all().await.unwrap().len(), 2);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_log_is_copied_into_the_database_file_in_the_background() {
+        let dir = temp_dir("checkpoint");
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = open(&dir, Synchronous::Full).await;
+        let repo = store.repository::<Item>();
+        for i in 0..100 {
+            repo.insert_or_get(item(&format!("id{i}"), &format!("k{i}")))
+                .await
+                .unwrap();
+        }
+        // The database file alone, without its log, has the rows once a checkpoint ran.
+        let copy = dir.join("copy.sqlite");
+        let mut rows = 0;
+        for _ in 0..40 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            std::fs::copy(dir.join("test.sqlite"), &copy).unwrap();
+            let conn = Connection::open(&copy).unwrap();
+            rows = conn
+                .query_row("SELECT COUNT(*) FROM items", [], |row| row.get(0))
+                .unwrap_or(0);
+            if rows == 100 {
+                break;
+            }
+        }
+        assert_eq!(rows, 100);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_unwritable_directory_is_reported() {
+        let file = temp_dir("not-a-dir");
+        std::fs::write(&file, b"x").unwrap();
+        let err = SqliteStore::open(&file, "test", Synchronous::Full)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("data directory"), "{err}");
+        std::fs::remove_file(&file).unwrap();
+    }
+}
