@@ -572,3 +572,20 @@ where
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::tests::Item;
+
+    #[tokio::test]
+    async fn a_database_url_that_is_not_postgres_is_refused() {
+        let settings = StoreSettings {
+            url: Some("sqlite://x.db".into()),
+            ..StoreSettings::default()
+        };
+        let err = settings.open::<Item>("test").await.unwrap_err();
+        assert!(err.to_string().contains("postgres://"), "{err}");
+        assert!(err.to_string().contains("got sqlite"), "{err}");
+    }
+}

@@ -292,8 +292,45 @@ pub(crate) mod tests {
         assert_eq!(repo.get("a").await.unwrap().map(|r| r.n), Some(1));
     }
 
+    /// `n` concurrent callers each bump record "a" and race to insert under one key: no update
+    /// is lost and exactly one insert wins. Run against each implementation.
+    pub async fn race<Rp: Repository<Item> + 'static>(repo: std::sync::Arc<Rp>, n: u32) {
+        repo.insert_or_get(item("a", "k")).await.unwrap();
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..n {
+            let repo = repo.clone();
+            tasks.spawn(async move {
+                repo.update::<StoreError, _>("a", |r: &Item| {
+                    Ok(Some(Item {
+                        n: r.n + 1,
+                        ..r.clone()
+                    }))
+                })
+                .await
+                .unwrap();
+                repo.insert_or_get(item(&format!("id{i}"), "shared"))
+                    .await
+                    .unwrap()
+            });
+        }
+        let mut winners = 0;
+        while let Some(joined) = tasks.join_next().await {
+            let (stored, inserted) = joined.unwrap();
+            winners += u32::from(inserted);
+            assert_eq!(stored.key, "shared");
+        }
+        assert_eq!(winners, 1);
+        assert_eq!(repo.get("a").await.unwrap().map(|r| r.n), Some(n));
+        assert_eq!(repo.all().await.unwrap().len(), 2);
+    }
+
     #[tokio::test]
     async fn memory_keeps_the_contract() {
         contract(&MemoryRepository::default()).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn memory_loses_no_update() {
+        race(std::sync::Arc::new(MemoryRepository::default()), 50).await;
     }
 }

@@ -219,7 +219,7 @@ impl<R: Record> Repository<R> for PgRepository<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::tests::{Item, contract, item};
+    use crate::store::tests::{Item, contract, race};
 
     /// A fresh database on the server of `POSTGRES_TEST_URL` (`./scripts/test` starts one);
     /// `None` outside CI when there is none.
@@ -259,27 +259,9 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_updates_are_not_lost() {
-        let Some(store) = database("race").await else {
-            return;
-        };
-        let repo = std::sync::Arc::new(store.repository::<Item>());
-        repo.insert_or_get(item("a", "k")).await.unwrap();
-        let mut tasks = tokio::task::JoinSet::new();
-        for _ in 0..20 {
-            let repo = repo.clone();
-            tasks.spawn(async move {
-                repo.update::<StoreError, _>("a", |r: &Item| {
-                    Ok(Some(Item {
-                        n: r.n + 1,
-                        ..r.clone()
-                    }))
-                })
-                .await
-                .unwrap();
-            });
+        if let Some(store) = database("race").await {
+            race(std::sync::Arc::new(store.repository::<Item>()), 20).await;
         }
-        while tasks.join_next().await.is_some() {}
-        assert_eq!(repo.get("a").await.unwrap().map(|r| r.n), Some(20));
     }
 
     #[test]

@@ -423,7 +423,7 @@ impl<R: Record> Repository<R> for SqliteRepository<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::tests::{Item, contract, item};
+    use crate::store::tests::{Item, contract, item, race};
 
     fn temp_dir(name: &str) -> std::path::PathBuf {
         std::env::temp_dir().join(format!("saga-sqlite-{name}-{}", std::process::id()))
@@ -455,35 +455,7 @@ mod tests {
         let dir = temp_dir("race");
         let _ = std::fs::remove_dir_all(&dir);
         let store = open(&dir, Synchronous::Normal).await;
-        let repo = std::sync::Arc::new(store.repository::<Item>());
-        repo.insert_or_get(item("a", "k")).await.unwrap();
-        let mut tasks = tokio::task::JoinSet::new();
-        for i in 0..50 {
-            let repo = repo.clone();
-            tasks.spawn(async move {
-                // Contended updates of one row, and inserts racing on one key.
-                repo.update::<StoreError, _>("a", |r: &Item| {
-                    Ok(Some(Item {
-                        n: r.n + 1,
-                        ..r.clone()
-                    }))
-                })
-                .await
-                .unwrap();
-                repo.insert_or_get(item(&format!("id{i}"), "shared"))
-                    .await
-                    .unwrap()
-            });
-        }
-        let mut winners = 0;
-        while let Some(joined) = tasks.join_next().await {
-            let (stored, inserted) = joined.unwrap();
-            winners += usize::from(inserted);
-            assert_eq!(stored.key, "shared");
-        }
-        assert_eq!(winners, 1);
-        assert_eq!(repo.get("a").await.unwrap().map(|r| r.n), Some(50));
-        assert_eq!(repo.all().await.unwrap().len(), 2);
+        race(std::sync::Arc::new(store.repository::<Item>()), 50).await;
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
