@@ -27,6 +27,76 @@ const MIGRATIONS: &[(i64, &str)] = &[(
     )",
 )];
 
+/// The column a row is looked up by.
+#[derive(Debug, Clone, Copy)]
+enum Column {
+    Id,
+    Key,
+}
+
+impl Column {
+    fn name(self) -> &'static str {
+        match self {
+            Column::Id => "id",
+            Column::Key => "key",
+        }
+    }
+}
+
+/// A record as the SQL stores keep it: JSON in the `body` column.
+fn encode<R: Record>(record: &R) -> Result<String, StoreError> {
+    serde_json::to_string(record).map_err(|err| StoreError::Corrupt(err.to_string()))
+}
+
+fn decode<R: Record>(body: &str) -> Result<R, StoreError> {
+    serde_json::from_str(body).map_err(|err| StoreError::Corrupt(err.to_string()))
+}
+
+/// Rows with a version column, bumped by every write: what the SQL stores give the optimistic
+/// update.
+trait VersionedRows<R: Record>: Sync {
+    /// The record and its version.
+    fn fetch(
+        &self,
+        by: Column,
+        value: &str,
+    ) -> impl Future<Output = Result<Option<(R, i64)>, StoreError>> + Send;
+    /// Writes `body` over row `id` if it is still at `version`; `false` if another write came
+    /// first.
+    fn write_if_unchanged(
+        &self,
+        id: &str,
+        version: i64,
+        body: String,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+}
+
+/// [`Repository::update`] for the SQL stores: read the row and its version, apply the
+/// transition, write it back only if the version is unchanged, else decide again on the new
+/// state. No lock is held across the transition, and it works the same on every replica.
+async fn update_optimistically<R, E, F>(
+    rows: &impl VersionedRows<R>,
+    id: &str,
+    mut transition: F,
+) -> Result<Option<R>, E>
+where
+    R: Record,
+    E: From<StoreError> + Send,
+    F: FnMut(&R) -> Result<Option<R>, E> + Send,
+{
+    loop {
+        let Some((current, version)) = rows.fetch(Column::Id, id).await? else {
+            return Ok(None);
+        };
+        let Some(next) = transition(&current)? else {
+            return Ok(Some(current));
+        };
+        if rows.write_if_unchanged(id, version, encode(&next)?).await? {
+            return Ok(Some(next));
+        }
+    }
+}
+
 /// A stored resource.
 pub trait Record: Clone + Send + Sync + Serialize + DeserializeOwned + 'static {
     /// The SQL table of this kind of record.

@@ -1,18 +1,19 @@
 //! PostgreSQL, for several replicas of a service (`DATABASE_URL`), through sqlx.
 //!
 //! Each kind of record is one table: `id` (primary key), `key` (unique: the idempotency key),
-//! `version` (bumped by every update) and `body` (the record as JSON). Updates are optimistic:
-//! read the row and its version, apply the transition, write it back only if the version is
-//! unchanged, else read again. That needs no `SELECT … FOR UPDATE` held across the transition,
-//! and works the same whichever replica took the request. SQLite ([`super::sqlite`]) keeps the
-//! same layout.
+//! `version` (bumped by every update) and `body` (the record as JSON). Updates are optimistic
+//! ([`super::update_optimistically`]), so no `SELECT … FOR UPDATE` is held across a transition
+//! and every replica can take any request. SQLite ([`super::sqlite`]) keeps the same layout.
 use std::marker::PhantomData;
 use std::time::Duration;
 
 use sqlx::postgres::{PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, Executor, PgPool, Row};
 
-use super::{MIGRATIONS, Record, Repository, StoreError};
+use super::{
+    Column, MIGRATIONS, Record, Repository, StoreError, VersionedRows, decode, encode,
+    update_optimistically,
+};
 
 fn unavailable(err: sqlx::Error) -> StoreError {
     StoreError::Unavailable(err.to_string())
@@ -102,15 +103,11 @@ pub struct PgRepository<R> {
     record: PhantomData<fn() -> R>,
 }
 
-fn decode<R: Record>(row: &PgRow) -> Result<R, StoreError> {
+fn body<R: Record>(row: &PgRow) -> Result<R, StoreError> {
     let body: String = row
         .try_get("body")
         .map_err(|err| StoreError::Corrupt(err.to_string()))?;
-    serde_json::from_str(&body).map_err(|err| StoreError::Corrupt(err.to_string()))
-}
-
-fn encode<R: Record>(record: &R) -> Result<String, StoreError> {
-    serde_json::to_string(record).map_err(|err| StoreError::Corrupt(err.to_string()))
+    decode(&body)
 }
 
 impl<R: Record> PgRepository<R> {
@@ -118,14 +115,13 @@ impl<R: Record> PgRepository<R> {
     fn sql(&self, template: &str) -> AssertSqlSafe<String> {
         AssertSqlSafe(template.replace("{table}", R::TABLE))
     }
+}
 
-    async fn fetch_one_by(
-        &self,
-        column: &str,
-        value: &str,
-    ) -> Result<Option<(R, i64)>, StoreError> {
+impl<R: Record> VersionedRows<R> for PgRepository<R> {
+    async fn fetch(&self, by: Column, value: &str) -> Result<Option<(R, i64)>, StoreError> {
         let sql = self.sql(&format!(
-            "SELECT body, version FROM {{table}} WHERE {column} = $1"
+            "SELECT body, version FROM {{table}} WHERE {} = $1",
+            by.name()
         ));
         let row = sqlx::query(sql)
             .bind(value.to_owned())
@@ -136,9 +132,29 @@ impl<R: Record> PgRepository<R> {
             let version: i64 = row
                 .try_get("version")
                 .map_err(|err| StoreError::Corrupt(err.to_string()))?;
-            Ok((decode(&row)?, version))
+            Ok((body(&row)?, version))
         })
         .transpose()
+    }
+
+    async fn write_if_unchanged(
+        &self,
+        id: &str,
+        version: i64,
+        body: String,
+    ) -> Result<bool, StoreError> {
+        let sql = self.sql(
+            "UPDATE {table} SET body = $1, version = version + 1 WHERE id = $2 AND version = $3",
+        );
+        let written = sqlx::query(sql)
+            .bind(body)
+            .bind(id.to_owned())
+            .bind(version)
+            .execute(&self.store.pool)
+            .await
+            .map_err(unavailable)?
+            .rows_affected();
+        Ok(written == 1)
     }
 }
 
@@ -157,7 +173,7 @@ impl<R: Record> Repository<R> for PgRepository<R> {
         if inserted {
             return Ok((record, true));
         }
-        match self.fetch_one_by("key", record.key()).await? {
+        match self.fetch(Column::Key, record.key()).await? {
             Some((existing, _)) => Ok((existing, false)),
             None => Err(StoreError::Unavailable(format!(
                 "key {} conflicted but cannot be read back",
@@ -167,44 +183,22 @@ impl<R: Record> Repository<R> for PgRepository<R> {
     }
 
     async fn get(&self, id: &str) -> Result<Option<R>, StoreError> {
-        Ok(self.fetch_one_by("id", id).await?.map(|(record, _)| record))
+        Ok(self.fetch(Column::Id, id).await?.map(|(record, _)| record))
     }
 
     async fn get_by_key(&self, key: &str) -> Result<Option<R>, StoreError> {
         Ok(self
-            .fetch_one_by("key", key)
+            .fetch(Column::Key, key)
             .await?
             .map(|(record, _)| record))
     }
 
-    async fn update<E, F>(&self, id: &str, mut transition: F) -> Result<Option<R>, E>
+    async fn update<E, F>(&self, id: &str, transition: F) -> Result<Option<R>, E>
     where
         E: From<StoreError> + Send,
         F: FnMut(&R) -> Result<Option<R>, E> + Send,
     {
-        let sql = self.sql(
-            "UPDATE {table} SET body = $1, version = version + 1 WHERE id = $2 AND version = $3",
-        );
-        loop {
-            let Some((current, version)) = self.fetch_one_by("id", id).await? else {
-                return Ok(None);
-            };
-            let Some(next) = transition(&current)? else {
-                return Ok(Some(current));
-            };
-            let written = sqlx::query(AssertSqlSafe(sql.0.clone()))
-                .bind(encode(&next)?)
-                .bind(id.to_owned())
-                .bind(version)
-                .execute(&self.store.pool)
-                .await
-                .map_err(unavailable)?
-                .rows_affected();
-            if written == 1 {
-                return Ok(Some(next));
-            }
-            // Someone else updated the record in between: decide again on its new state.
-        }
+        update_optimistically(self, id, transition).await
     }
 
     async fn all(&self) -> Result<Vec<R>, StoreError> {
@@ -212,7 +206,7 @@ impl<R: Record> Repository<R> for PgRepository<R> {
             .fetch_all(&self.store.pool)
             .await
             .map_err(unavailable)?;
-        rows.iter().map(decode).collect()
+        rows.iter().map(body).collect()
     }
 }
 

@@ -16,7 +16,10 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
-use super::{MIGRATIONS, Record, Repository, StoreError};
+use super::{
+    Column, MIGRATIONS, Record, Repository, StoreError, VersionedRows, decode, encode,
+    update_optimistically,
+};
 
 /// Requests per transaction at most: bounds the time a batch holds its callers.
 const MAX_BATCH: usize = 256;
@@ -49,12 +52,6 @@ enum Op {
     All {
         table: &'static str,
     },
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Column {
-    Id,
-    Key,
 }
 
 #[derive(Debug)]
@@ -307,12 +304,9 @@ fn fetch(
     by: Column,
     value: &str,
 ) -> rusqlite::Result<Option<(String, i64)>> {
-    let column = match by {
-        Column::Id => "id",
-        Column::Key => "key",
-    };
     conn.prepare_cached(&format!(
-        "SELECT body, version FROM {table} WHERE {column} = ?1"
+        "SELECT body, version FROM {table} WHERE {} = ?1",
+        by.name()
     ))?
     .query_row([value], |row| Ok((row.get(0)?, row.get(1)?)))
     .optional()
@@ -325,21 +319,13 @@ pub struct SqliteRepository<R> {
     record: PhantomData<fn() -> R>,
 }
 
-fn decode<R: Record>(body: &str) -> Result<R, StoreError> {
-    serde_json::from_str(body).map_err(|err| StoreError::Corrupt(err.to_string()))
-}
-
-fn encode<R: Record>(record: &R) -> Result<String, StoreError> {
-    serde_json::to_string(record).map_err(|err| StoreError::Corrupt(err.to_string()))
-}
-
 fn unexpected(outcome: Outcome) -> StoreError {
     StoreError::Unavailable(format!(
         "unexpected answer from the SQLite thread: {outcome:?}"
     ))
 }
 
-impl<R: Record> SqliteRepository<R> {
+impl<R: Record> VersionedRows<R> for SqliteRepository<R> {
     async fn fetch(&self, by: Column, value: &str) -> Result<Option<(R, i64)>, StoreError> {
         let op = Op::Get {
             table: R::TABLE,
@@ -350,6 +336,24 @@ impl<R: Record> SqliteRepository<R> {
             Outcome::Row(row) => row
                 .map(|(body, version)| Ok((decode(&body)?, version)))
                 .transpose(),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn write_if_unchanged(
+        &self,
+        id: &str,
+        version: i64,
+        body: String,
+    ) -> Result<bool, StoreError> {
+        let op = Op::Update {
+            table: R::TABLE,
+            id: id.to_owned(),
+            version,
+            body,
+        };
+        match self.store.ask(op).await? {
+            Outcome::Updated(written) => Ok(written),
             other => Err(unexpected(other)),
         }
     }
@@ -385,31 +389,12 @@ impl<R: Record> Repository<R> for SqliteRepository<R> {
             .map(|(record, _)| record))
     }
 
-    async fn update<E, F>(&self, id: &str, mut transition: F) -> Result<Option<R>, E>
+    async fn update<E, F>(&self, id: &str, transition: F) -> Result<Option<R>, E>
     where
         E: From<StoreError> + Send,
         F: FnMut(&R) -> Result<Option<R>, E> + Send,
     {
-        loop {
-            let Some((current, version)) = self.fetch(Column::Id, id).await? else {
-                return Ok(None);
-            };
-            let Some(next) = transition(&current)? else {
-                return Ok(Some(current));
-            };
-            let op = Op::Update {
-                table: R::TABLE,
-                id: id.to_owned(),
-                version,
-                body: encode(&next)?,
-            };
-            match self.store.ask(op).await? {
-                Outcome::Updated(true) => return Ok(Some(next)),
-                // Someone else updated the record in between: decide again on its new state.
-                Outcome::Updated(false) => continue,
-                other => return Err(unexpected(other).into()),
-            }
-        }
+        update_optimistically(self, id, transition).await
     }
 
     async fn all(&self) -> Result<Vec<R>, StoreError> {
