@@ -189,7 +189,7 @@ async fn mutating_calls_are_idempotent() {
     assert_eq!(pay1, pay2);
     assert_eq!(cluster.payments_all().await.len(), 1);
 
-    let by = saga_orchestrator::participants::By::Id(pay1.payment_id.clone());
+    let by = saga_orchestrator::participants::Target::Id(pay1.payment_id.clone());
     let r1 = p.refund_payment(&by).await.unwrap();
     let r2 = p.refund_payment(&by).await.unwrap();
     assert_eq!(

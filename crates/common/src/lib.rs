@@ -2,6 +2,7 @@
 //! server bootstrap (health, reflection, graceful shutdown), injected faults, ids, input checks,
 //! the repository trait and the error-to-status table.
 
+mod client_trace;
 pub mod config;
 pub mod error;
 pub mod faults;

@@ -10,6 +10,8 @@
 //! Export runs on the batch processor's own thread with a bounded queue: a missing or slow
 //! collector costs one warning and dropped spans, never a stalled call.
 use std::fmt;
+
+pub use crate::client_trace::{GrpcClientTrace, GrpcClientTraceLayer};
 use std::io::IsTerminal;
 
 use opentelemetry::propagation::{Extractor, Injector, TextMapCompositePropagator};
@@ -243,22 +245,21 @@ pub fn current_trace_id() -> Option<String> {
         .then(|| span_context.trace_id().to_string())
 }
 
-/// Writes the context of `context` into gRPC request metadata (`traceparent`, `tracestate`,
-/// `baggage`).
-pub fn inject(context: &Context, metadata: &mut tonic::metadata::MetadataMap) {
-    struct MetadataInjector<'a>(&'a mut tonic::metadata::MetadataMap);
-    impl Injector for MetadataInjector<'_> {
+/// Writes `context` into HTTP/2 request headers (`traceparent`, `tracestate`, `baggage`).
+pub fn inject(context: &Context, headers: &mut http::HeaderMap) {
+    struct HeaderInjector<'a>(&'a mut http::HeaderMap);
+    impl Injector for HeaderInjector<'_> {
         fn set(&mut self, key: &str, value: String) {
             if let (Ok(key), Ok(value)) = (
-                tonic::metadata::MetadataKey::from_bytes(key.as_bytes()),
-                tonic::metadata::MetadataValue::try_from(value),
+                http::HeaderName::from_bytes(key.as_bytes()),
+                http::HeaderValue::try_from(value),
             ) {
                 self.0.insert(key, value);
             }
         }
     }
     opentelemetry::global::get_text_map_propagator(|propagator| {
-        propagator.inject_context(context, &mut MetadataInjector(metadata));
+        propagator.inject_context(context, &mut HeaderInjector(headers));
     });
 }
 
@@ -376,7 +377,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn context_round_trips_through_metadata() {
+    fn context_round_trips_through_headers() {
         opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
         let mut headers = http::HeaderMap::new();
         let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -386,10 +387,10 @@ mod tests {
             context.span().span_context().trace_id().to_string(),
             "4bf92f3577b34da6a3ce929d0e0e4736"
         );
-        let mut metadata = tonic::metadata::MetadataMap::new();
-        inject(&context, &mut metadata);
+        let mut sent = http::HeaderMap::new();
+        inject(&context, &mut sent);
         assert_eq!(
-            metadata.get("traceparent").unwrap().to_str().unwrap(),
+            sent.get("traceparent").unwrap().to_str().unwrap(),
             traceparent
         );
     }

@@ -1,17 +1,21 @@
-//! The participants over gRPC: one lazily connected channel per service, failure injection
+//! The participants over gRPC: one lazily connected channel per service, traced by
+//! [`GrpcClientTraceLayer`](saga_common::telemetry::GrpcClientTraceLayer), failure injection
 //! through request metadata, and a readiness wait on `grpc.health.v1`.
+use std::future::Future;
 use std::time::Duration;
 
 use saga_common::faults::INJECT_FAILURE_HEADER;
+use saga_common::telemetry::{GrpcClientTrace, GrpcClientTraceLayer};
 use saga_proto::order::v1::{self as order, order_service_client::OrderServiceClient};
 use saga_proto::payment::v1::{self as payment, payment_service_client::PaymentServiceClient};
 use saga_proto::shipping::v1::{self as shipping, shipping_service_client::ShippingServiceClient};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
-use tonic::{Request, Status};
+use tonic::{Request, Response, Status};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+use tower_layer::Layer;
 
-use crate::participants::{By, Participants, missing};
+use crate::participants::{Participants, Target, missing};
 use crate::settings::{ClientTls, OrchestratorSettings};
 
 #[derive(Debug, thiserror::Error)]
@@ -28,12 +32,16 @@ pub enum ConnectError {
     Tls(String),
 }
 
+/// A channel whose every call is a client span, its context sent along in the headers.
+type Traced = GrpcClientTrace<Channel>;
+
 /// The three services behind gRPC channels.
 #[derive(Debug, Clone)]
 pub struct GrpcParticipants {
-    order: OrderServiceClient<Channel>,
-    payment: PaymentServiceClient<Channel>,
-    shipping: ShippingServiceClient<Channel>,
+    order: OrderServiceClient<Traced>,
+    payment: PaymentServiceClient<Traced>,
+    shipping: ShippingServiceClient<Traced>,
+    /// Untraced, for the health checks: probes would bury the sagas.
     channels: [(&'static str, &'static str, Channel); 3],
     call_timeout: Duration,
 }
@@ -91,10 +99,11 @@ impl GrpcParticipants {
         let order = channel("order_url", &settings.order_url, tls.as_ref())?;
         let payment = channel("payment_url", &settings.payment_url, tls.as_ref())?;
         let shipping = channel("shipping_url", &settings.shipping_url, tls.as_ref())?;
+        let traced = |channel: &Channel| GrpcClientTraceLayer.layer(channel.clone());
         Ok(Self {
-            order: OrderServiceClient::new(order.clone()),
-            payment: PaymentServiceClient::new(payment.clone()),
-            shipping: ShippingServiceClient::new(shipping.clone()),
+            order: OrderServiceClient::new(traced(&order)),
+            payment: PaymentServiceClient::new(traced(&payment)),
+            shipping: ShippingServiceClient::new(traced(&shipping)),
             channels: [
                 ("order.v1.OrderService", "order_url", order),
                 ("payment.v1.PaymentService", "payment_url", payment),
@@ -132,9 +141,10 @@ impl GrpcParticipants {
         Ok(())
     }
 
+    /// A request with the call's deadline (so the server can give up on work its caller has
+    /// stopped waiting for) and, when asked, the failure-injection header.
     fn request<T>(&self, message: T, inject_failure: bool) -> Request<T> {
         let mut request = Request::new(message);
-        // The server can give up on work its caller has stopped waiting for.
         request.set_timeout(self.call_timeout);
         if inject_failure {
             request.metadata_mut().insert(
@@ -146,106 +156,50 @@ impl GrpcParticipants {
     }
 }
 
-fn refund_target(by: &By) -> payment::refund_payment_request::Target {
-    use payment::refund_payment_request::Target;
-    match by {
-        By::Id(id) => Target::PaymentId(id.clone()),
-        By::Order(id) => Target::OrderId(id.clone()),
-    }
+/// A response that carries one resource.
+trait Reply {
+    type Resource;
+    const RESOURCE: &'static str;
+    fn resource(self) -> Option<Self::Resource>;
 }
 
-fn get_payment_target(by: &By) -> payment::get_payment_request::Target {
-    use payment::get_payment_request::Target;
-    match by {
-        By::Id(id) => Target::PaymentId(id.clone()),
-        By::Order(id) => Target::OrderId(id.clone()),
-    }
+macro_rules! reply {
+    ($resource:ty, $field:ident: $($response:ty),+) => {$(
+        impl Reply for $response {
+            type Resource = $resource;
+            const RESOURCE: &'static str = stringify!($field);
+            fn resource(self) -> Option<$resource> {
+                self.$field
+            }
+        }
+    )+};
 }
 
-fn cancel_target(by: &By) -> shipping::cancel_shipping_request::Target {
-    use shipping::cancel_shipping_request::Target;
-    match by {
-        By::Id(id) => Target::ShippingId(id.clone()),
-        By::Order(id) => Target::OrderId(id.clone()),
-    }
+reply!(order::Order, order: order::CreateOrderResponse, order::CancelOrderResponse,
+    order::ApproveOrderResponse, order::GetOrderResponse);
+reply!(payment::Payment, payment: payment::ProcessPaymentResponse,
+    payment::RefundPaymentResponse, payment::GetPaymentResponse);
+reply!(shipping::Shipment, shipment: shipping::StartShippingResponse,
+    shipping::CancelShippingResponse, shipping::GetShipmentResponse);
+
+/// The resource of a unary call's reply; an empty one breaks the contract.
+async fn resource<R: Reply>(
+    call: impl Future<Output = Result<Response<R>, Status>>,
+) -> Result<R::Resource, Status> {
+    call.await?
+        .into_inner()
+        .resource()
+        .ok_or_else(|| missing(R::RESOURCE))
 }
 
-fn get_shipment_target(by: &By) -> shipping::get_shipment_request::Target {
-    use shipping::get_shipment_request::Target;
-    match by {
-        By::Id(id) => Target::ShippingId(id.clone()),
-        By::Order(id) => Target::OrderId(id.clone()),
-    }
-}
-
-/// Marks a client span with the call's status code (any non-OK code is an error).
-fn record_status<T>(span: &tracing::Span, result: &Result<T, Status>) {
-    use tracing_opentelemetry::OpenTelemetrySpanExt;
-    let code = result
-        .as_ref()
-        .map_or_else(|status| status.code(), |_| tonic::Code::Ok);
-    span.record("rpc.grpc.status_code", code as i32);
-    if let Err(status) = result {
-        span.set_status(opentelemetry::trace::Status::error(format!(
-            "{:?}: {}",
-            status.code(),
-            status.message()
-        )));
-    }
-}
-
-impl GrpcParticipants {
-    /// One RPC in a client span (`package.Service/Method`), whose context travels to the server
-    /// in the request metadata.
-    async fn call<Q, A, F, Fut>(
-        &self,
-        path: &'static str,
-        message: Q,
-        inject_failure: bool,
-        send: F,
-    ) -> Result<A, Status>
-    where
-        F: FnOnce(Request<Q>) -> Fut,
-        Fut: std::future::Future<Output = Result<tonic::Response<A>, Status>>,
-    {
-        use tracing::Instrument;
-        use tracing_opentelemetry::OpenTelemetrySpanExt;
-
-        let (service, method) = path.split_once('/').unwrap_or((path, ""));
-        let span = tracing::info_span!(
-            "grpc.client",
-            otel.name = path,
-            otel.kind = "client",
-            rpc.system = "grpc",
-            rpc.service = service,
-            rpc.method = method,
-            rpc.grpc.status_code = tracing::field::Empty,
-        );
-        let mut request = self.request(message, inject_failure);
-        saga_common::telemetry::inject(&span.context(), request.metadata_mut());
-        let result = send(request).instrument(span.clone()).await;
-        record_status(&span, &result);
-        result.map(tonic::Response::into_inner)
-    }
-}
-
-impl GrpcParticipants {
-    async fn read_order(
-        &self,
-        target: order::get_order_request::Target,
-    ) -> Result<order::Order, Status> {
-        let message = order::GetOrderRequest {
-            target: Some(target),
-        };
-        let mut client = self.order.clone();
-        let path = "order.v1.OrderService/GetOrder";
-        let reply = self
-            .call(path, message, false, |r| async move {
-                client.get_order(r).await
-            })
-            .await?;
-        reply.order.ok_or_else(|| missing("order"))
-    }
+/// A request's `target` oneof from a [`Target`]; `$id` is the variant of the resource's own id.
+macro_rules! oneof {
+    ($target:expr => $($oneof:ident)::+, $id:ident) => {
+        Some(match $target {
+            Target::Id(id) => $($oneof)::+::$id(id.clone()),
+            Target::OrderId(id) => $($oneof)::+::OrderId(id.clone()),
+        })
+    };
 }
 
 impl Participants for GrpcParticipants {
@@ -253,14 +207,8 @@ impl Participants for GrpcParticipants {
         &self,
         request: order::CreateOrderRequest,
     ) -> Result<order::Order, Status> {
-        let mut client = self.order.clone();
-        let path = "order.v1.OrderService/CreateOrder";
-        let reply = self
-            .call(path, request, false, |r| async move {
-                client.create_order(r).await
-            })
-            .await?;
-        reply.order.ok_or_else(|| missing("order"))
+        let request = self.request(request, false);
+        resource(self.order.clone().create_order(request)).await
     }
 
     async fn cancel_order(&self, order_id: &str, reason: &str) -> Result<order::Order, Status> {
@@ -268,42 +216,40 @@ impl Participants for GrpcParticipants {
             order_id: order_id.to_owned(),
             reason: reason.to_owned(),
         };
-        let mut client = self.order.clone();
-        let path = "order.v1.OrderService/CancelOrder";
-        let reply = self
-            .call(path, message, false, |r| async move {
-                client.cancel_order(r).await
-            })
-            .await?;
-        reply.order.ok_or_else(|| missing("order"))
+        resource(
+            self.order
+                .clone()
+                .cancel_order(self.request(message, false)),
+        )
+        .await
     }
 
     async fn approve_order(&self, order_id: &str) -> Result<order::Order, Status> {
         let message = order::ApproveOrderRequest {
             order_id: order_id.to_owned(),
         };
-        let mut client = self.order.clone();
-        let path = "order.v1.OrderService/ApproveOrder";
-        let reply = self
-            .call(path, message, false, |r| async move {
-                client.approve_order(r).await
-            })
-            .await?;
-        reply.order.ok_or_else(|| missing("order"))
+        resource(
+            self.order
+                .clone()
+                .approve_order(self.request(message, false)),
+        )
+        .await
     }
 
     async fn get_order(&self, order_id: &str) -> Result<order::Order, Status> {
-        self.read_order(order::get_order_request::Target::OrderId(
-            order_id.to_owned(),
-        ))
-        .await
+        let target = order::get_order_request::Target::OrderId(order_id.to_owned());
+        let message = order::GetOrderRequest {
+            target: Some(target),
+        };
+        resource(self.order.clone().get_order(self.request(message, false))).await
     }
 
     async fn find_order(&self, idempotency_key: &str) -> Result<order::Order, Status> {
-        self.read_order(order::get_order_request::Target::IdempotencyKey(
-            idempotency_key.to_owned(),
-        ))
-        .await
+        let target = order::get_order_request::Target::IdempotencyKey(idempotency_key.to_owned());
+        let message = order::GetOrderRequest {
+            target: Some(target),
+        };
+        resource(self.order.clone().get_order(self.request(message, false))).await
     }
 
     async fn process_payment(
@@ -311,42 +257,32 @@ impl Participants for GrpcParticipants {
         request: payment::ProcessPaymentRequest,
         inject_failure: bool,
     ) -> Result<payment::Payment, Status> {
-        let mut client = self.payment.clone();
-        let path = "payment.v1.PaymentService/ProcessPayment";
-        let reply = self
-            .call(path, request, inject_failure, |r| async move {
-                client.process_payment(r).await
-            })
-            .await?;
-        reply.payment.ok_or_else(|| missing("payment"))
+        let request = self.request(request, inject_failure);
+        resource(self.payment.clone().process_payment(request)).await
     }
 
-    async fn refund_payment(&self, by: &By) -> Result<payment::Payment, Status> {
+    async fn refund_payment(&self, target: &Target) -> Result<payment::Payment, Status> {
         let message = payment::RefundPaymentRequest {
-            target: Some(refund_target(by)),
+            target: oneof!(target => payment::refund_payment_request::Target, PaymentId),
         };
-        let mut client = self.payment.clone();
-        let path = "payment.v1.PaymentService/RefundPayment";
-        let reply = self
-            .call(path, message, false, |r| async move {
-                client.refund_payment(r).await
-            })
-            .await?;
-        reply.payment.ok_or_else(|| missing("payment"))
+        resource(
+            self.payment
+                .clone()
+                .refund_payment(self.request(message, false)),
+        )
+        .await
     }
 
-    async fn get_payment(&self, by: &By) -> Result<payment::Payment, Status> {
+    async fn get_payment(&self, target: &Target) -> Result<payment::Payment, Status> {
         let message = payment::GetPaymentRequest {
-            target: Some(get_payment_target(by)),
+            target: oneof!(target => payment::get_payment_request::Target, PaymentId),
         };
-        let mut client = self.payment.clone();
-        let path = "payment.v1.PaymentService/GetPayment";
-        let reply = self
-            .call(path, message, false, |r| async move {
-                client.get_payment(r).await
-            })
-            .await?;
-        reply.payment.ok_or_else(|| missing("payment"))
+        resource(
+            self.payment
+                .clone()
+                .get_payment(self.request(message, false)),
+        )
+        .await
     }
 
     async fn start_shipping(
@@ -354,41 +290,31 @@ impl Participants for GrpcParticipants {
         request: shipping::StartShippingRequest,
         inject_failure: bool,
     ) -> Result<shipping::Shipment, Status> {
-        let mut client = self.shipping.clone();
-        let path = "shipping.v1.ShippingService/StartShipping";
-        let reply = self
-            .call(path, request, inject_failure, |r| async move {
-                client.start_shipping(r).await
-            })
-            .await?;
-        reply.shipment.ok_or_else(|| missing("shipment"))
+        let request = self.request(request, inject_failure);
+        resource(self.shipping.clone().start_shipping(request)).await
     }
 
-    async fn cancel_shipping(&self, by: &By) -> Result<shipping::Shipment, Status> {
+    async fn cancel_shipping(&self, target: &Target) -> Result<shipping::Shipment, Status> {
         let message = shipping::CancelShippingRequest {
-            target: Some(cancel_target(by)),
+            target: oneof!(target => shipping::cancel_shipping_request::Target, ShippingId),
         };
-        let mut client = self.shipping.clone();
-        let path = "shipping.v1.ShippingService/CancelShipping";
-        let reply = self
-            .call(path, message, false, |r| async move {
-                client.cancel_shipping(r).await
-            })
-            .await?;
-        reply.shipment.ok_or_else(|| missing("shipment"))
+        resource(
+            self.shipping
+                .clone()
+                .cancel_shipping(self.request(message, false)),
+        )
+        .await
     }
 
-    async fn get_shipment(&self, by: &By) -> Result<shipping::Shipment, Status> {
+    async fn get_shipment(&self, target: &Target) -> Result<shipping::Shipment, Status> {
         let message = shipping::GetShipmentRequest {
-            target: Some(get_shipment_target(by)),
+            target: oneof!(target => shipping::get_shipment_request::Target, ShippingId),
         };
-        let mut client = self.shipping.clone();
-        let path = "shipping.v1.ShippingService/GetShipment";
-        let reply = self
-            .call(path, message, false, |r| async move {
-                client.get_shipment(r).await
-            })
-            .await?;
-        reply.shipment.ok_or_else(|| missing("shipment"))
+        resource(
+            self.shipping
+                .clone()
+                .get_shipment(self.request(message, false)),
+        )
+        .await
     }
 }

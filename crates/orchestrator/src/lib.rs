@@ -1,10 +1,15 @@
 //! The Create Order saga orchestrator.
 //!
-//! `saga` drives one saga and its compensations over any [`Participants`]; `grpc` is the real
-//! implementation over tonic; `retry` is the backoff policy; `verify` reads participants' state
-//! back and checks it against the saga's outcome; `report` renders results; `stats` sums a
-//! batch up; `runner` runs batches; `settings` loads the configuration.
+//! `saga` drives one saga and its compensations over any [`Participants`] (unit-tested over
+//! `fake`); `grpc` is the real implementation over tonic; `retry` is the backoff policy;
+//! `verify` reads participants' state back and checks it against the saga's outcome; `report`
+//! renders results; `stats` sums a batch up; `runner` runs batches; `settings` loads the
+//! configuration; `cli` parses the command line and `cmd` holds one module per subcommand.
 
+pub mod cli;
+pub mod cmd;
+#[cfg(test)]
+mod fake;
 pub mod grpc;
 pub mod participants;
 pub mod report;

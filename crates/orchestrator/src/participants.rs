@@ -7,11 +7,12 @@ use saga_proto::payment::v1 as payment;
 use saga_proto::shipping::v1 as shipping;
 use tonic::Status;
 
-/// A payment or shipment, named by its own id or by its order.
+/// A payment or shipment, named by its own id or by its order: the `target` oneof of the
+/// requests, and the store's `Target` (by id or by key).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum By {
+pub enum Target {
     Id(String),
-    Order(String),
+    OrderId(String),
 }
 
 pub trait Participants: Send + Sync {
@@ -46,10 +47,12 @@ pub trait Participants: Send + Sync {
     ) -> impl Future<Output = Result<payment::Payment, Status>> + Send;
     fn refund_payment(
         &self,
-        by: &By,
+        target: &Target,
     ) -> impl Future<Output = Result<payment::Payment, Status>> + Send;
-    fn get_payment(&self, by: &By)
-    -> impl Future<Output = Result<payment::Payment, Status>> + Send;
+    fn get_payment(
+        &self,
+        target: &Target,
+    ) -> impl Future<Output = Result<payment::Payment, Status>> + Send;
 
     /// `inject_failure` asks the service to fail the shipment (the shipping-failure scenario).
     fn start_shipping(
@@ -59,11 +62,11 @@ pub trait Participants: Send + Sync {
     ) -> impl Future<Output = Result<shipping::Shipment, Status>> + Send;
     fn cancel_shipping(
         &self,
-        by: &By,
+        target: &Target,
     ) -> impl Future<Output = Result<shipping::Shipment, Status>> + Send;
     fn get_shipment(
         &self,
-        by: &By,
+        target: &Target,
     ) -> impl Future<Output = Result<shipping::Shipment, Status>> + Send;
 }
 

@@ -84,9 +84,6 @@ pub struct SagaReport {
     pub steps: Vec<StepReport>,
     pub duration_ms: u64,
     pub duration_us: u64,
-    /// Whether a compensation found a shipment that had been started or had failed.
-    #[serde(skip)]
-    pub shipped_before: bool,
     /// The saga's trace, when traces are exported.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,
@@ -107,7 +104,6 @@ impl SagaReport {
             steps: Vec::new(),
             duration_ms: 0,
             duration_us: 0,
-            shipped_before: false,
             trace_id: None,
             consistency: None,
         }

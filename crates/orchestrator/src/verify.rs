@@ -4,7 +4,7 @@ use saga_proto::payment::v1::{self as payment, PaymentStatus};
 use saga_proto::shipping::v1::{self as shipping, ShipmentStatus};
 use tonic::{Code, Status};
 
-use crate::participants::{By, Participants};
+use crate::participants::{Participants, Target};
 use crate::report::{Consistency, Outcome, SagaReport};
 use crate::retry::RetryPolicy;
 
@@ -22,7 +22,7 @@ pub async fn read_back<P: Participants>(
     policy: &RetryPolicy,
     order_id: &str,
 ) -> Result<Observed, Status> {
-    let by = By::Order(order_id.to_owned());
+    let by = Target::OrderId(order_id.to_owned());
     let order = optional(policy.run(|| participants.get_order(order_id)).await)?;
     let payment = optional(policy.run(|| participants.get_payment(&by)).await)?;
     let shipment = optional(policy.run(|| participants.get_shipment(&by)).await)?;
@@ -237,11 +237,11 @@ pub async fn verify_run<P: Participants>(
         let found = match ack {
             Acknowledged::Order(id) => policy.run(|| participants.get_order(id)).await.map(drop),
             Acknowledged::Payment(id) => {
-                let by = By::Id(id.clone());
+                let by = Target::Id(id.clone());
                 policy.run(|| participants.get_payment(&by)).await.map(drop)
             }
             Acknowledged::Shipment(id) => {
-                let by = By::Id(id.clone());
+                let by = Target::Id(id.clone());
                 policy
                     .run(|| participants.get_shipment(&by))
                     .await
