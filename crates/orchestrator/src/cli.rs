@@ -29,6 +29,12 @@ pub enum Command {
     /// Read a run's sagas back from the services and check every invariant; exit 1 on any
     /// violation.
     Verify(crate::cmd::verify::VerifyArgs),
+    /// Settle every saga whose order stayed PENDING past a grace period (orchestrator killed,
+    /// compensation parked): approve it when every step succeeded, compensate it otherwise.
+    /// Exit 1 when something stays stuck. `--dry-run` lists the stuck sagas and their reasons.
+    Recover(crate::cmd::recover::RecoverArgs),
+    /// Check the saga's invariants over every order in the store; exit 1 on a violation.
+    Audit(crate::cmd::audit::AuditArgs),
 }
 
 impl Command {
@@ -36,6 +42,8 @@ impl Command {
         match self {
             Command::Run(args) => crate::cmd::run::run(args, settings).await,
             Command::Verify(args) => crate::cmd::verify::verify(args, settings).await,
+            Command::Recover(args) => crate::cmd::recover::recover(args, settings).await,
+            Command::Audit(args) => crate::cmd::audit::audit(args, settings).await,
         }
     }
 }

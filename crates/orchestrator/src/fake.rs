@@ -51,6 +51,17 @@ impl State {
     }
 }
 
+/// Now, as the services stamp their records.
+pub fn now() -> prost_types::Timestamp {
+    prost_types::Timestamp::from(std::time::SystemTime::now())
+}
+
+/// Marks an order changed.
+fn touch(order: &mut order::Order) -> order::Order {
+    order.update_time = Some(now());
+    order.clone()
+}
+
 #[derive(Debug, Default)]
 pub struct FakeParticipants {
     state: Mutex<State>,
@@ -91,6 +102,11 @@ impl FakeParticipants {
                 order.set_status(status);
             }
         });
+    }
+
+    /// Forgets what was scripted: every call answers from now on.
+    pub fn clear_script(&self) {
+        self.with(|state| state.script.clear());
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
@@ -167,6 +183,8 @@ impl Participants for FakeParticipants {
                     .sum(),
                 items: request.items,
                 idempotency_key: request.idempotency_key,
+                create_time: Some(now()),
+                update_time: Some(now()),
                 ..order::Order::default()
             };
             order.set_status(OrderStatus::Pending);
@@ -185,6 +203,7 @@ impl Participants for FakeParticipants {
             if order.status() == OrderStatus::Pending {
                 order.set_status(OrderStatus::Cancelled);
                 order.cancel_reason = reason.to_owned();
+                return Ok(touch(order));
             }
             Ok(order.clone())
         })
@@ -197,8 +216,65 @@ impl Participants for FakeParticipants {
             if decline || order.status() == OrderStatus::Cancelled {
                 return Err(Status::failed_precondition("order is CANCELLED"));
             }
-            order.set_status(OrderStatus::Approved);
+            if !order.last_error.is_empty() {
+                return Err(Status::failed_precondition("the order's saga failed"));
+            }
+            if order.status() == OrderStatus::Pending {
+                order.set_status(OrderStatus::Approved);
+                return Ok(touch(order));
+            }
             Ok(order.clone())
+        })
+        .await
+    }
+
+    async fn fail_order(&self, order_id: &str, reason: &str) -> Result<order::Order, Status> {
+        self.call("FailOrder", |state, _| {
+            let order = state.order(order_id)?;
+            match order.status() {
+                OrderStatus::Approved => Err(Status::failed_precondition("order is APPROVED")),
+                OrderStatus::Pending => {
+                    order.last_error = reason.to_owned();
+                    order.failure_count += 1;
+                    Ok(touch(order))
+                }
+                _ => Ok(order.clone()),
+            }
+        })
+        .await
+    }
+
+    async fn list_orders(
+        &self,
+        request: order::ListOrdersRequest,
+    ) -> Result<order::ListOrdersResponse, Status> {
+        self.call("ListOrders", |state, _| {
+            let key = |o: &order::Order| {
+                let t = o.update_time.unwrap_or_default();
+                (t.seconds, t.nanos, o.order_id.clone())
+            };
+            let before = request.updated_before.map(|t| (t.seconds, t.nanos));
+            let mut orders: Vec<order::Order> = state
+                .orders
+                .values()
+                .filter(|o| request.status == 0 || o.status == request.status)
+                .filter(|o| before.is_none_or(|b| (key(o).0, key(o).1) < b))
+                .cloned()
+                .collect();
+            orders.sort_by_key(key);
+            // The token is an offset: enough for a fake whose orders do not move under a test.
+            let start: usize = request.page_token.parse().unwrap_or(0);
+            let size = usize::try_from(request.page_size).unwrap_or(0).max(1);
+            let page: Vec<_> = orders.iter().skip(start).take(size).cloned().collect();
+            let next = start + page.len();
+            Ok(order::ListOrdersResponse {
+                orders: page,
+                next_page_token: if next < orders.len() {
+                    next.to_string()
+                } else {
+                    String::new()
+                },
+            })
         })
         .await
     }

@@ -176,7 +176,7 @@ macro_rules! reply {
 }
 
 reply!(order::Order, order: order::CreateOrderResponse, order::CancelOrderResponse,
-    order::ApproveOrderResponse, order::GetOrderResponse);
+    order::ApproveOrderResponse, order::FailOrderResponse, order::GetOrderResponse);
 reply!(payment::Payment, payment: payment::ProcessPaymentResponse,
     payment::RefundPaymentResponse, payment::GetPaymentResponse);
 reply!(shipping::Shipment, shipment: shipping::StartShippingResponse,
@@ -234,6 +234,22 @@ impl Participants for GrpcParticipants {
                 .approve_order(self.request(message, false)),
         )
         .await
+    }
+
+    async fn fail_order(&self, order_id: &str, reason: &str) -> Result<order::Order, Status> {
+        let message = order::FailOrderRequest {
+            order_id: order_id.to_owned(),
+            reason: reason.to_owned(),
+        };
+        resource(self.order.clone().fail_order(self.request(message, false))).await
+    }
+
+    async fn list_orders(
+        &self,
+        request: order::ListOrdersRequest,
+    ) -> Result<order::ListOrdersResponse, Status> {
+        let request = self.request(request, false);
+        Ok(self.order.clone().list_orders(request).await?.into_inner())
     }
 
     async fn get_order(&self, order_id: &str) -> Result<order::Order, Status> {

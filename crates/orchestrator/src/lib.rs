@@ -4,7 +4,7 @@
 //! `fake`); `grpc` is the real implementation over tonic; `retry` is the backoff policy;
 //! `verify` reads participants' state back and checks it against the saga's outcome; `report`
 //! renders results; `stats` sums a batch up; `runner` runs batches; `settings` loads the
-//! configuration; `cli` parses the command line and `cmd` holds one module per subcommand.
+//! configuration; `recover` settles orders left PENDING and audits the whole store; `cli` parses the command line and `cmd` holds one module per subcommand.
 
 pub mod cli;
 pub mod cmd;
@@ -12,6 +12,7 @@ pub mod cmd;
 mod fake;
 pub mod grpc;
 pub mod participants;
+pub mod recover;
 pub mod report;
 pub mod retry;
 pub mod runner;

@@ -29,6 +29,17 @@ pub trait Participants: Send + Sync {
         &self,
         order_id: &str,
     ) -> impl Future<Output = Result<order::Order, Status>> + Send;
+    /// Marks the order's saga failed: it stays PENDING, can no longer be approved, and keeps
+    /// `reason`.
+    fn fail_order(
+        &self,
+        order_id: &str,
+        reason: &str,
+    ) -> impl Future<Output = Result<order::Order, Status>> + Send;
+    fn list_orders(
+        &self,
+        request: order::ListOrdersRequest,
+    ) -> impl Future<Output = Result<order::ListOrdersResponse, Status>> + Send;
     fn get_order(
         &self,
         order_id: &str,

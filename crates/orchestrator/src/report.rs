@@ -73,7 +73,9 @@ pub struct Consistency {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SagaReport {
     pub saga_id: String,
-    pub scenario: Scenario,
+    /// What the saga was asked to play; none for a saga settled by `recover`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scenario: Option<Scenario>,
     pub outcome: Outcome,
     /// Why the saga did not complete.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -92,10 +94,10 @@ pub struct SagaReport {
 }
 
 impl SagaReport {
-    pub fn new(saga_id: String, scenario: Scenario) -> Self {
+    pub fn new(saga_id: String, scenario: impl Into<Option<Scenario>>) -> Self {
         Self {
             saga_id,
-            scenario,
+            scenario: scenario.into(),
             outcome: Outcome::Failed,
             reason: None,
             order_id: None,

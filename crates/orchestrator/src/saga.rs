@@ -5,6 +5,12 @@
 //! A step whose outcome is unknown (its retries ran out on UNAVAILABLE or a deadline) is treated
 //! as possibly done: it pushes its compensation by order id, which also closes the order's slot
 //! so that a request still in flight can never charge or ship afterwards.
+//!
+//! Before undoing anything but the order itself, a failing saga marks its order failed
+//! (`FailOrder`): from then on nothing can approve it, neither a late approval of this saga nor
+//! `recover` settling it from elsewhere, so the unwinding cannot race a completion. A
+//! compensation that runs out of attempts leaves the order PENDING with the reason (parked),
+//! where `recover` finds it and settles it later with [`Saga::settle`].
 use std::future::Future;
 use std::time::Instant;
 
@@ -74,10 +80,6 @@ pub enum Compensation {
     RefundPayment(Target),
     /// Releases the semantic lock; it runs last, once nothing else is left charged or shipping.
     CancelOrder(String),
-    /// The approval's outcome is unknown: cancel the order before undoing anything else. If the
-    /// order service refuses because the approval landed, the saga completed and nothing is
-    /// undone.
-    CancelUnlessApproved(String),
 }
 
 impl Compensation {
@@ -85,9 +87,16 @@ impl Compensation {
         match self {
             Compensation::CancelShipping(_) => "CancelShipping",
             Compensation::RefundPayment(_) => "RefundPayment",
-            Compensation::CancelOrder(_) | Compensation::CancelUnlessApproved(_) => "CancelOrder",
+            Compensation::CancelOrder(_) => "CancelOrder",
         }
     }
+}
+
+/// Where a saga starts: its plan, or (settling) its order.
+#[derive(Debug, Clone, Copy)]
+enum Start<'a> {
+    Plan(&'a SagaPlan),
+    Order(&'a order::Order),
 }
 
 /// Why the forward path stopped: the outcome the unwound saga reaches, and the reason.
@@ -168,11 +177,28 @@ impl<P: Participants> Saga<'_, P> {
     /// step and compensation, and under those the gRPC client spans whose context the services
     /// continue.
     pub async fn run(&self, plan: &SagaPlan) -> SagaReport {
+        let report = SagaReport::new(plan.saga_id.clone(), plan.scenario);
+        self.drive(report, Start::Plan(plan)).await
+    }
+
+    /// Settles the saga of an order found PENDING for too long (`recover`): approves it when
+    /// every step did succeed, and compensates it otherwise. Its own trace, like a saga's.
+    pub async fn settle(&self, order: &order::Order) -> SagaReport {
+        let mut report = SagaReport::new(order.idempotency_key.clone(), None);
+        report.order_id = Some(order.order_id.clone());
+        self.drive(report, Start::Order(order)).await
+    }
+
+    async fn drive(&self, report: SagaReport, start: Start<'_>) -> SagaReport {
+        let name = match start {
+            Start::Plan(_) => "saga CreateOrder",
+            Start::Order(_) => "saga settle",
+        };
         let root = tracing::info_span!(
             "saga",
-            otel.name = "saga CreateOrder",
-            saga.id = %plan.saga_id,
-            saga.scenario = ?plan.scenario,
+            otel.name = name,
+            saga.id = %report.saga_id,
+            saga.scenario = ?report.scenario,
             saga.outcome = tracing::field::Empty,
             order.id = tracing::field::Empty,
             payment.id = tracing::field::Empty,
@@ -183,13 +209,17 @@ impl<P: Participants> Saga<'_, P> {
         }
         let started = Instant::now();
         let mut run = Run {
-            report: SagaReport::new(plan.saga_id.clone(), plan.scenario),
+            report,
             stack: Vec::new(),
             shipped_before: false,
         };
         async {
             run.report.trace_id = saga_common::telemetry::current_trace_id();
-            let (outcome, reason) = match self.forward_path(plan, &mut run).await {
+            let ended = match start {
+                Start::Plan(plan) => self.forward_path(plan, &mut run).await,
+                Start::Order(order) => self.settle_from(&mut run, order).await,
+            };
+            let (outcome, reason) = match ended {
                 Ok(outcome) => (outcome, String::new()),
                 Err(stop) => self.unwind(&mut run, stop).await,
             };
@@ -237,9 +267,9 @@ impl<P: Participants> Saga<'_, P> {
                 stop
             })?;
         let order_id = order.order_id.clone();
-        if order.status() != order::OrderStatus::Pending {
+        if order.status() != order::OrderStatus::Pending || !order.last_error.is_empty() {
             // An earlier run of this saga got further: finish from what it left.
-            return self.settle_earlier_run(run, &order).await;
+            return self.settle_from(run, &order).await;
         }
         run.stack.push(Compensation::CancelOrder(order_id.clone()));
 
@@ -283,15 +313,16 @@ impl<P: Participants> Saga<'_, P> {
         let cancel = Target::Id(shipment.shipping_id);
         run.stack.push(Compensation::CancelShipping(cancel));
 
-        // 4. Approval releases the semantic lock.
-        let unknown = Compensation::CancelUnlessApproved(order_id.clone());
-        self.forward(
-            run,
-            "ApproveOrder",
-            Outcome::ApprovalFailed,
-            Some(unknown),
-            || p.approve_order(&order_id),
-        )
+        // 4. Approval releases the semantic lock. Its outcome unknown, it needs no compensation
+        // of its own: the unwinding's FailOrder settles the race at the order service.
+        self.approve(run, &order_id).await
+    }
+
+    async fn approve(&self, run: &mut Run, order_id: &str) -> Result<Outcome, Stop> {
+        let p = self.participants;
+        self.forward(run, "ApproveOrder", Outcome::ApprovalFailed, None, || {
+            p.approve_order(order_id)
+        })
         .await?;
         Ok(Outcome::Completed)
     }
@@ -335,81 +366,126 @@ impl<P: Participants> Saga<'_, P> {
         }
     }
 
-    /// The order of a rerun saga is no longer PENDING. APPROVED: the saga completed. CANCELLED:
-    /// it was compensated; the compensations run again by order id (they are idempotent) so
-    /// nothing stays charged or shipping, and no forward step runs against a cancelled order.
-    async fn settle_earlier_run(
-        &self,
-        run: &mut Run,
-        order: &order::Order,
-    ) -> Result<Outcome, Stop> {
+    /// Settles a saga from its order alone: a rerun whose order is settled or failed, or an
+    /// order `recover` found PENDING for too long. APPROVED: the saga completed. CANCELLED: the
+    /// compensations run again by order id (they are idempotent), so nothing stays charged or
+    /// shipping. PENDING: approved when its payment is COMPLETED and its shipment STARTED and
+    /// its saga did not fail; otherwise compensated by order id, and then cancelled.
+    async fn settle_from(&self, run: &mut Run, order: &order::Order) -> Result<Outcome, Stop> {
+        let p = self.participants;
         let by = Target::OrderId(order.order_id.clone());
-        if order.status() == order::OrderStatus::Approved {
-            let p = self.participants;
-            // Only for the ids in the report: the saga completed whatever these answer.
-            let _ = self
-                .step(&mut run.report, "GetPayment", false, || p.get_payment(&by))
-                .await;
-            let _ = self
-                .step(&mut run.report, "GetShipment", false, || {
-                    p.get_shipment(&by)
-                })
-                .await;
+        let status = order.status();
+        let paid = self
+            .step(&mut run.report, "GetPayment", false, || p.get_payment(&by))
+            .await;
+        let shipped = self
+            .step(&mut run.report, "GetShipment", false, || {
+                p.get_shipment(&by)
+            })
+            .await;
+        if status == order::OrderStatus::Approved {
+            // The reads were only for the ids in the report.
             return Ok(Outcome::Completed);
+        }
+        if status == order::OrderStatus::Pending {
+            run.stack
+                .push(Compensation::CancelOrder(order.order_id.clone()));
         }
         run.stack.push(Compensation::RefundPayment(by.clone()));
         run.stack.push(Compensation::CancelShipping(by));
+        let state = |read: Result<String, Failed>| match read {
+            Ok(state) => state,
+            Err(failed) if failed.status.code() == Code::NotFound => "none".into(),
+            Err(failed) => format!("unreadable ({})", status_text(&failed.status)),
+        };
+        let payment = state(paid.as_ref().map(Resource::state).map_err(Clone::clone));
+        let shipment = state(shipped.as_ref().map(Resource::state).map_err(Clone::clone));
+        let ready = paid.is_ok_and(|p| p.status() == payment::PaymentStatus::Completed)
+            && shipped.is_ok_and(|s| s.status() == shipping::ShipmentStatus::Started);
+        if status == order::OrderStatus::Pending && order.last_error.is_empty() && ready {
+            // Every step did succeed: forward recovery.
+            return self.approve(run, &order.order_id).await;
+        }
+        let mut why = format!(
+            "order {} (payment {payment}, shipment {shipment})",
+            status.as_str_name()
+        );
+        if !order.last_error.is_empty() {
+            why.push_str(&format!("; its saga failed: {}", order.last_error));
+        }
         Err(Stop {
             outcome: Outcome::PaymentFailed,
-            why: format!(
-                "order was {} by an earlier run",
-                order.status().as_str_name()
-            ),
+            why,
             unknown: false,
         })
     }
 
-    /// Runs the owed compensations, the latest first. All of them are attempted even if one
-    /// fails, so as little as possible is left behind; only a failed cancel of an order whose
-    /// approval is unknown stops the unwinding, since undoing a completed saga would be worse.
+    /// Runs the owed compensations, the latest first. Unless only the order is left to cancel,
+    /// the order is first marked failed, so nothing approves it while it is being undone; if
+    /// that is refused because the order is APPROVED, an approval whose outcome was unknown did
+    /// land, and the saga completed. Every compensation is attempted even if one fails, so as
+    /// little as possible is left behind; but then the order is not cancelled: it stays PENDING
+    /// with the reason (parked) for `recover`.
     async fn unwind(&self, run: &mut Run, stop: Stop) -> (Outcome, String) {
         let Stop {
             mut outcome, why, ..
         } = stop;
-        let mut failures = Vec::new();
-        while let Some(compensation) = run.stack.pop() {
-            match self.compensate(run, &compensation).await {
-                Ok(()) => {
-                    if let Compensation::CancelUnlessApproved(order_id) = &compensation {
-                        // The order is cancelled already: its own cancel is owed no more.
-                        let done = Compensation::CancelOrder(order_id.clone());
-                        run.stack.retain(|owed| *owed != done);
-                    }
-                }
-                Err(status) if matches!(compensation, Compensation::CancelUnlessApproved(_)) => {
-                    run.stack.clear();
-                    if status.code() == Code::FailedPrecondition {
-                        // The approval landed before the cancel: the saga completed.
-                        return (Outcome::Completed, String::new());
-                    }
-                    let reason =
-                        format!("{why}; CancelOrder then failed: {}", status_text(&status));
-                    return (Outcome::CompensationFailed, reason);
+        let lock_only = run
+            .stack
+            .iter()
+            .all(|owed| matches!(owed, Compensation::CancelOrder(_)));
+        if let Some(order_id) = run.report.order_id.clone().filter(|_| !lock_only) {
+            match self.fail_order(run, &order_id, &why).await {
+                Ok(()) => {}
+                Err(status) if status.code() == Code::FailedPrecondition => {
+                    return (Outcome::Completed, String::new());
                 }
                 Err(status) => {
-                    failures.push(format!("{compensation:?}: {}", status_text(&status)));
+                    let reason = format!(
+                        "{why}; FailOrder then failed: {}; nothing was undone and the order \
+                         stays PENDING for recover",
+                        status_text(&status)
+                    );
+                    return (Outcome::CompensationFailed, reason);
                 }
+            }
+        }
+        let mut failures = Vec::new();
+        while let Some(compensation) = run.stack.pop() {
+            if let (Compensation::CancelOrder(order_id), false) =
+                (&compensation, failures.is_empty())
+            {
+                let reason = format!("{why}; compensation failed: {}", failures.join("; "));
+                let parked = match self.fail_order(run, order_id, &reason).await {
+                    Ok(()) => "parked: the order stays PENDING with this reason for recover",
+                    Err(_) => "the order stays PENDING for recover",
+                };
+                return (Outcome::CompensationFailed, format!("{reason}; {parked}"));
+            }
+            if let Err(status) = self.compensate(run, &compensation).await {
+                failures.push(format!("{compensation:?}: {}", status_text(&status)));
             }
         }
         if !failures.is_empty() {
             let reason = format!("{why}; compensation failed: {}", failures.join("; "));
             return (Outcome::CompensationFailed, reason);
         }
-        // A rerun that found a shipment really started (or failed) before: shipping failed.
+        // A settled saga that found a shipment really started (or failed): shipping failed.
         if outcome == Outcome::PaymentFailed && run.shipped_before {
             outcome = Outcome::ShippingFailed;
         }
         (outcome, why)
+    }
+
+    /// Records on the order that its saga failed, and why.
+    async fn fail_order(&self, run: &mut Run, order_id: &str, why: &str) -> Result<(), Status> {
+        let p = self.participants;
+        self.step(&mut run.report, "FailOrder", true, || {
+            p.fail_order(order_id, why)
+        })
+        .await
+        .map(drop)
+        .map_err(|failed| failed.status)
     }
 
     async fn compensate(&self, run: &mut Run, compensation: &Compensation) -> Result<(), Status> {
@@ -417,7 +493,7 @@ impl<P: Participants> Saga<'_, P> {
         let step = compensation.step();
         let report = &mut run.report;
         let result = match compensation {
-            Compensation::CancelOrder(order_id) | Compensation::CancelUnlessApproved(order_id) => {
+            Compensation::CancelOrder(order_id) => {
                 let reason = report.reason_so_far();
                 self.step(report, step, true, || p.cancel_order(order_id, &reason))
                     .await
@@ -576,15 +652,21 @@ mod tests {
         }
     }
 
-    async fn run(fake: &FakeParticipants, scenario: Scenario) -> SagaReport {
-        let (retry, compensation_retry) = (policy(), policy());
-        let saga = Saga {
+    fn saga<'a>(fake: &'a FakeParticipants, policy: &'a RetryPolicy) -> Saga<'a, FakeParticipants> {
+        Saga {
             participants: fake,
-            retry: &retry,
-            compensation_retry: &compensation_retry,
+            retry: policy,
+            compensation_retry: policy,
             verify: true,
-        };
-        saga.run(&plan(scenario)).await
+        }
+    }
+
+    async fn run(fake: &FakeParticipants, scenario: Scenario) -> SagaReport {
+        saga(fake, &policy()).run(&plan(scenario)).await
+    }
+
+    async fn settle(fake: &FakeParticipants, order: &order::Order) -> SagaReport {
+        saga(fake, &policy()).settle(order).await
     }
 
     fn steps(report: &SagaReport, compensation: bool) -> Vec<&'static str> {
@@ -593,6 +675,10 @@ mod tests {
             .filter(|s| s.compensation == compensation)
             .map(|s| s.step)
             .collect()
+    }
+
+    fn reason(report: &SagaReport) -> &str {
+        report.reason.as_deref().unwrap_or("")
     }
 
     fn unavailable() -> Status {
@@ -622,22 +708,20 @@ mod tests {
         assert_eq!(order.status(), OrderStatus::Approved);
         assert_eq!(report.order_id.as_deref(), Some(order.order_id.as_str()));
         let payment = fake.payment_of(&order.order_id).unwrap();
-        assert_eq!(
-            (payment.amount_minor, payment.currency.as_str()),
-            (2_500, "EUR")
-        );
+        assert_eq!(payment.amount_minor, 2_500);
         assert_eq!(report.payment_id, Some(payment.payment_id));
         assert!(report.shipping_id.is_some());
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_declined_payment_cancels_the_order() {
+    async fn a_declined_payment_only_cancels_the_order() {
         let fake = FakeParticipants::default();
         let report = run(&fake, Scenario::PaymentFailure).await;
         assert_eq!(report.outcome, Outcome::PaymentFailed, "{report:?}");
         assert!(report.is_ok(), "{report:?}");
+        // Nothing but the order to undo: no FailOrder first.
         assert_eq!(steps(&report, true), ["CancelOrder"]);
-        assert!(report.reason.as_deref().unwrap_or("").contains("DECLINED"));
+        assert!(reason(&report).contains("DECLINED"));
         let order = fake.only_order();
         assert_eq!(order.status(), OrderStatus::Cancelled);
         assert!(order.cancel_reason.contains("ProcessPayment"), "{order:?}");
@@ -645,15 +729,21 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_failed_shipment_refunds_then_cancels() {
+    async fn a_failed_shipment_marks_the_order_refunds_then_cancels() {
         let fake = FakeParticipants::default();
         let report = run(&fake, Scenario::ShippingFailure).await;
         assert_eq!(report.outcome, Outcome::ShippingFailed, "{report:?}");
         assert!(report.is_ok(), "{report:?}");
-        assert_eq!(steps(&report, true), ["RefundPayment", "CancelOrder"]);
+        let undo = ["FailOrder", "RefundPayment", "CancelOrder"];
+        assert_eq!(steps(&report, true), undo);
         let order = fake.only_order();
         let payment = fake.payment_of(&order.order_id).unwrap();
         assert_eq!(payment.status(), PaymentStatus::Refunded);
+        assert_eq!(order.failure_count, 1);
+        assert!(
+            order.last_error.contains("SHIPMENT_STATUS_FAILED"),
+            "{order:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -662,7 +752,12 @@ mod tests {
         fake.script("ApproveOrder", [Act::Decline]);
         let report = run(&fake, Scenario::Success).await;
         assert_eq!(report.outcome, Outcome::ApprovalFailed, "{report:?}");
-        let undo = ["CancelShipping", "RefundPayment", "CancelOrder"];
+        let undo = [
+            "FailOrder",
+            "CancelShipping",
+            "RefundPayment",
+            "CancelOrder",
+        ];
         assert_eq!(steps(&report, true), undo);
         assert!(report.is_ok(), "{report:?}");
     }
@@ -670,34 +765,27 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn transient_failures_are_retried_to_completion() {
         let fake = FakeParticipants::default();
-        fake.script(
-            "ProcessPayment",
-            [Act::Fail(unavailable()), Act::LoseReply(unavailable())],
-        );
+        let flaky = [Act::Fail(unavailable()), Act::LoseReply(unavailable())];
+        fake.script("ProcessPayment", flaky);
         let report = run(&fake, Scenario::Success).await;
         assert_eq!(report.outcome, Outcome::Completed, "{report:?}");
         let charge = report.steps.iter().find(|s| s.step == "ProcessPayment");
         assert_eq!(charge.map(|s| s.attempts), Some(3));
         // The lost reply's charge is the one the retry got back: charged once.
         let order = fake.only_order();
-        assert_eq!(
-            fake.payment_of(&order.order_id).unwrap().status(),
-            PaymentStatus::Completed
-        );
+        let payment = fake.payment_of(&order.order_id).unwrap();
+        assert_eq!(payment.status(), PaymentStatus::Completed);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_refused_order_fails_the_saga_with_nothing_to_undo() {
         let fake = FakeParticipants::default();
-        fake.script(
-            "CreateOrder",
-            [Act::Fail(Status::invalid_argument("items: empty"))],
-        );
+        let refused = Act::Fail(Status::invalid_argument("items: empty"));
+        fake.script("CreateOrder", [refused]);
         let report = run(&fake, Scenario::Success).await;
         assert_eq!(report.outcome, Outcome::Failed);
-        let reason = report.reason.unwrap_or_default();
-        assert!(reason.contains("InvalidArgument"), "{reason}");
-        assert!(!reason.contains("may exist"), "{reason}");
+        assert!(reason(&report).contains("InvalidArgument"), "{report:?}");
+        assert!(!reason(&report).contains("may exist"), "{report:?}");
         assert_eq!(fake.calls(), ["CreateOrder"]);
     }
 
@@ -707,11 +795,8 @@ mod tests {
         fake.script("CreateOrder", always(Act::LoseReply(unavailable())));
         let report = run(&fake, Scenario::Success).await;
         assert_eq!(report.outcome, Outcome::Failed);
-        let reason = report.reason.unwrap_or_default();
-        assert!(
-            reason.contains("idempotency key run-0 may exist as PENDING"),
-            "{reason}"
-        );
+        let named = "idempotency key run-0 may exist as PENDING";
+        assert!(reason(&report).contains(named), "{report:?}");
         assert_eq!(fake.only_order().status(), OrderStatus::Pending);
     }
 
@@ -721,7 +806,8 @@ mod tests {
         fake.script("ProcessPayment", always(Act::LoseReply(unavailable())));
         let report = run(&fake, Scenario::Success).await;
         assert_eq!(report.outcome, Outcome::PaymentFailed, "{report:?}");
-        assert_eq!(steps(&report, true), ["RefundPayment", "CancelOrder"]);
+        let undo = ["FailOrder", "RefundPayment", "CancelOrder"];
+        assert_eq!(steps(&report, true), undo);
         let order = fake.only_order();
         // The charge did land; the refund by order id found it.
         let payment = fake.payment_of(&order.order_id).unwrap();
@@ -738,13 +824,7 @@ mod tests {
         );
         let report = run(&fake, Scenario::Success).await;
         assert_eq!(report.outcome, Outcome::PaymentFailed, "{report:?}");
-        assert!(
-            report
-                .reason
-                .as_deref()
-                .unwrap_or("")
-                .contains("DeadlineExceeded")
-        );
+        assert!(reason(&report).contains("DeadlineExceeded"), "{report:?}");
         let order = fake.only_order();
         // Nothing was charged, and nothing can be: the slot is closed.
         let payment = fake.payment_of(&order.order_id).unwrap();
@@ -758,7 +838,12 @@ mod tests {
         fake.script("StartShipping", always(Act::LoseReply(unavailable())));
         let report = run(&fake, Scenario::Success).await;
         assert_eq!(report.outcome, Outcome::ShippingFailed, "{report:?}");
-        let undo = ["CancelShipping", "RefundPayment", "CancelOrder"];
+        let undo = [
+            "FailOrder",
+            "CancelShipping",
+            "RefundPayment",
+            "CancelOrder",
+        ];
         assert_eq!(steps(&report, true), undo);
         let order = fake.only_order();
         let shipment = fake.shipment_of(&order.order_id).unwrap();
@@ -772,59 +857,88 @@ mod tests {
         fake.script("ApproveOrder", always(Act::LoseReply(unavailable())));
         let report = run(&fake, Scenario::Success).await;
         assert_eq!(report.outcome, Outcome::Completed, "{report:?}");
-        // The cancel that settles the race is refused; nothing is undone.
-        assert_eq!(steps(&report, true), ["CancelOrder"]);
+        // Marking the order failed settles the race: refused, since it is APPROVED.
+        assert_eq!(steps(&report, true), ["FailOrder"]);
         assert_eq!(fake.only_order().status(), OrderStatus::Approved);
         assert!(report.is_ok(), "{report:?}");
     }
 
     #[tokio::test(start_paused = true)]
-    async fn an_approval_that_never_landed_cancels_first_then_unwinds() {
+    async fn an_approval_that_never_landed_locks_the_order_then_unwinds() {
         let fake = FakeParticipants::default();
         fake.script("ApproveOrder", always(Act::Fail(unavailable())));
         let report = run(&fake, Scenario::Success).await;
         assert_eq!(report.outcome, Outcome::ApprovalFailed, "{report:?}");
-        // The order's cancel moved to the top, and is not repeated at the bottom.
-        let undo = ["CancelOrder", "CancelShipping", "RefundPayment"];
+        let undo = [
+            "FailOrder",
+            "CancelShipping",
+            "RefundPayment",
+            "CancelOrder",
+        ];
         assert_eq!(steps(&report, true), undo);
         assert!(report.is_ok(), "{report:?}");
+        // A late approval can no longer land.
+        let order = fake.only_order();
+        assert!(fake.approve_order(&order.order_id).await.is_err());
     }
 
     #[tokio::test(start_paused = true)]
     async fn an_approval_race_that_cannot_be_settled_undoes_nothing() {
         let fake = FakeParticipants::default();
         fake.script("ApproveOrder", always(Act::Fail(unavailable())));
-        fake.script("CancelOrder", always(Act::Fail(unavailable())));
+        fake.script("FailOrder", always(Act::Fail(unavailable())));
         let report = run(&fake, Scenario::Success).await;
         assert_eq!(report.outcome, Outcome::CompensationFailed, "{report:?}");
         assert!(
-            report
-                .reason
-                .as_deref()
-                .unwrap_or("")
-                .contains("CancelOrder then failed")
+            reason(&report).contains("FailOrder then failed"),
+            "{report:?}"
         );
-        assert_eq!(steps(&report, true), ["CancelOrder"]);
+        assert_eq!(steps(&report, true), ["FailOrder"]);
         let order = fake.only_order();
-        assert_eq!(
-            fake.payment_of(&order.order_id).unwrap().status(),
-            PaymentStatus::Completed
-        );
+        assert_eq!(order.status(), OrderStatus::Pending);
+        let payment = fake.payment_of(&order.order_id).unwrap();
+        assert_eq!(payment.status(), PaymentStatus::Completed);
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_failed_compensation_is_reported_and_the_rest_still_run() {
+    async fn a_compensation_that_runs_out_of_attempts_parks_the_order() {
         let fake = FakeParticipants::default();
         fake.script("RefundPayment", always(Act::Fail(unavailable())));
         let report = run(&fake, Scenario::ShippingFailure).await;
         assert_eq!(report.outcome, Outcome::CompensationFailed, "{report:?}");
-        let reason = report.reason.as_deref().unwrap_or("");
-        assert!(
-            reason.contains("compensation failed: RefundPayment"),
-            "{reason}"
-        );
-        assert_eq!(steps(&report, true), ["RefundPayment", "CancelOrder"]);
+        assert!(reason(&report).contains("compensation failed: RefundPayment"));
+        assert!(reason(&report).contains("parked"), "{report:?}");
+        // Not cancelled: the second FailOrder records why, and the order stays PENDING.
+        let undo = ["FailOrder", "RefundPayment", "FailOrder"];
+        assert_eq!(steps(&report, true), undo);
+        let order = fake.only_order();
+        assert_eq!(order.status(), OrderStatus::Pending);
+        assert_eq!(order.failure_count, 2);
+        assert!(order.last_error.contains("RefundPayment"), "{order:?}");
         assert!(!report.is_ok());
+
+        // The fault gone, settling the parked order finishes the compensation.
+        let settled = settle(&fake, &order).await;
+        assert_eq!(settled.outcome, Outcome::ShippingFailed, "{settled:?}");
+        assert!(settled.is_ok(), "{settled:?}");
+        let order = fake.only_order();
+        assert_eq!(order.status(), OrderStatus::Cancelled);
+        let payment = fake.payment_of(&order.order_id).unwrap();
+        assert_eq!(payment.status(), PaymentStatus::Refunded);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_other_compensations_still_run_when_one_fails() {
+        let fake = FakeParticipants::default();
+        fake.script("ApproveOrder", [Act::Decline]);
+        fake.script("CancelShipping", always(Act::Fail(unavailable())));
+        let report = run(&fake, Scenario::Success).await;
+        assert_eq!(report.outcome, Outcome::CompensationFailed, "{report:?}");
+        let undo = ["FailOrder", "CancelShipping", "RefundPayment", "FailOrder"];
+        assert_eq!(steps(&report, true), undo);
+        let order = fake.only_order();
+        let payment = fake.payment_of(&order.order_id).unwrap();
+        assert_eq!(payment.status(), PaymentStatus::Refunded);
     }
 
     #[tokio::test(start_paused = true)]
@@ -833,14 +947,11 @@ mod tests {
         let first = run(&fake, Scenario::Success).await;
         let again = run(&fake, Scenario::Success).await;
         assert_eq!(again.outcome, Outcome::Completed, "{again:?}");
-        assert_eq!(
-            steps(&again, false),
-            ["CreateOrder", "GetPayment", "GetShipment"]
-        );
-        assert_eq!(
-            (again.payment_id, again.shipping_id),
-            (first.payment_id, first.shipping_id)
-        );
+        let reads = ["CreateOrder", "GetPayment", "GetShipment"];
+        assert_eq!(steps(&again, false), reads);
+        assert!(steps(&again, true).is_empty());
+        assert_eq!(again.payment_id, first.payment_id);
+        assert_eq!(again.shipping_id, first.shipping_id);
     }
 
     #[tokio::test(start_paused = true)]
@@ -849,8 +960,10 @@ mod tests {
         run(&fake, Scenario::ShippingFailure).await;
         let again = run(&fake, Scenario::Success).await;
         assert_eq!(again.outcome, Outcome::ShippingFailed, "{again:?}");
-        assert_eq!(steps(&again, false), ["CreateOrder"]);
-        assert_eq!(steps(&again, true), ["CancelShipping", "RefundPayment"]);
+        let reads = ["CreateOrder", "GetPayment", "GetShipment"];
+        assert_eq!(steps(&again, false), reads);
+        let undo = ["FailOrder", "CancelShipping", "RefundPayment"];
+        assert_eq!(steps(&again, true), undo);
 
         let fake = FakeParticipants::default();
         run(&fake, Scenario::PaymentFailure).await;
@@ -863,7 +976,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn an_order_cancelled_by_someone_else_stops_the_forward_path() {
+    async fn an_order_cancelled_by_someone_else_is_settled_not_continued() {
         let fake = FakeParticipants::default();
         run(&fake, Scenario::Success).await;
         let order = fake.only_order();
@@ -871,11 +984,99 @@ mod tests {
         let again = run(&fake, Scenario::Success).await;
         assert_eq!(again.outcome, Outcome::ShippingFailed, "{again:?}");
         assert!(
-            again
-                .reason
-                .as_deref()
-                .unwrap_or("")
-                .contains("CANCELLED by an earlier run")
+            reason(&again).contains("order ORDER_STATUS_CANCELLED"),
+            "{again:?}"
         );
+        assert!(
+            reason(&again).contains("shipment SHIPMENT_STATUS_STARTED"),
+            "{again:?}"
+        );
+        let shipment = fake.shipment_of(&order.order_id).unwrap();
+        assert_eq!(shipment.status(), ShipmentStatus::Cancelled);
+    }
+
+    /// A saga stopped for good after `last` succeeded (its orchestrator killed): what
+    /// `recover` finds, on services that answer again.
+    async fn abandoned_after(last: &'static str) -> (FakeParticipants, order::Order) {
+        let fake = FakeParticipants::default();
+        let steps = [
+            "CreateOrder",
+            "ProcessPayment",
+            "StartShipping",
+            "ApproveOrder",
+        ];
+        let killed = || always(Act::Fail(Status::invalid_argument("killed")));
+        let after = steps.iter().position(|s| *s == last).map_or(0, |i| i + 1);
+        for rpc in steps.iter().skip(after) {
+            fake.script(rpc, killed());
+        }
+        // Its own unwinding never ran either.
+        fake.script("FailOrder", killed());
+        fake.script("CancelOrder", killed());
+        run(&fake, Scenario::Success).await;
+        fake.clear_script();
+        let order = fake.only_order();
+        assert_eq!(order.status(), OrderStatus::Pending);
+        (fake, order)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn settling_an_order_whose_steps_all_succeeded_approves_it() {
+        let (fake, order) = abandoned_after("StartShipping").await;
+        let report = settle(&fake, &order).await;
+        assert_eq!(report.outcome, Outcome::Completed, "{report:?}");
+        let forward = ["GetPayment", "GetShipment", "ApproveOrder"];
+        assert_eq!(steps(&report, false), forward);
+        assert!(report.is_ok(), "{report:?}");
+        assert_eq!(fake.only_order().status(), OrderStatus::Approved);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn settling_a_charged_order_without_shipment_refunds_and_closes_the_slot() {
+        let (fake, order) = abandoned_after("ProcessPayment").await;
+        let report = settle(&fake, &order).await;
+        assert_eq!(report.outcome, Outcome::PaymentFailed, "{report:?}");
+        let undo = [
+            "FailOrder",
+            "CancelShipping",
+            "RefundPayment",
+            "CancelOrder",
+        ];
+        assert_eq!(steps(&report, true), undo);
+        assert!(report.is_ok(), "{report:?}");
+        let order = fake.only_order();
+        assert_eq!(order.status(), OrderStatus::Cancelled);
+        let payment = fake.payment_of(&order.order_id).unwrap();
+        assert_eq!(payment.status(), PaymentStatus::Refunded);
+        // A StartShipping still in flight can never ship now.
+        let shipment = fake.shipment_of(&order.order_id).unwrap();
+        assert_eq!(shipment.status(), ShipmentStatus::Cancelled);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn settling_an_order_with_nothing_done_voids_both_slots() {
+        let (fake, order) = abandoned_after("CreateOrder").await;
+        let report = settle(&fake, &order).await;
+        assert_eq!(report.outcome, Outcome::PaymentFailed, "{report:?}");
+        let order = fake.only_order();
+        assert_eq!(order.status(), OrderStatus::Cancelled);
+        let payment = fake.payment_of(&order.order_id).unwrap();
+        assert_eq!(payment.status(), PaymentStatus::Voided);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn settling_races_a_late_approval_safely() {
+        let (fake, order) = abandoned_after("StartShipping").await;
+        // The saga's own approval lands before the sweeper acts.
+        fake.approve_order(&order.order_id).await.unwrap();
+        let report = settle(&fake, &order).await;
+        assert_eq!(report.outcome, Outcome::Completed, "{report:?}");
+        assert!(report.is_ok(), "{report:?}");
+
+        let (fake, order) = abandoned_after("ProcessPayment").await;
+        // The sweeper marks the order failed first: a live saga's approval is refused after.
+        let report = settle(&fake, &order).await;
+        assert_eq!(report.outcome, Outcome::PaymentFailed, "{report:?}");
+        assert!(fake.approve_order(&order.order_id).await.is_err());
     }
 }
