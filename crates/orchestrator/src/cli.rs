@@ -79,10 +79,16 @@ impl Exit {
     }
 }
 
-/// The participants of `settings`, once every service is serving (unless the wait is off).
-pub async fn connect(settings: &OrchestratorSettings) -> Result<GrpcParticipants, Exit> {
-    let participants =
-        GrpcParticipants::new(settings).map_err(|err| Exit::BadConfig(err.to_string()))?;
+/// The participants of `settings`, asking for `faults` on every call, once every service is
+/// serving (unless the wait is off).
+pub async fn connect(
+    settings: &OrchestratorSettings,
+    faults: &[String],
+) -> Result<GrpcParticipants, Exit> {
+    let participants = GrpcParticipants::new(settings)
+        .map_err(|err| Exit::BadConfig(err.to_string()))?
+        .with_faults(faults)
+        .map_err(|err| Exit::BadConfig(format!("--fault: {err}")))?;
     if settings.wait_ready_secs > 0 {
         participants
             .wait_ready(settings.wait_ready())

@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use saga_common::faults::INJECT_FAILURE_HEADER;
+use saga_common::faults::{INJECT_FAILURE_HEADER, INJECT_FAULT_HEADER};
 use saga_common::telemetry::{GrpcClientTrace, GrpcClientTraceLayer};
 use saga_proto::order::v1::{self as order, order_service_client::OrderServiceClient};
 use saga_proto::payment::v1::{self as payment, payment_service_client::PaymentServiceClient};
@@ -44,6 +44,8 @@ pub struct GrpcParticipants {
     /// Untraced, for the health checks: probes would bury the sagas.
     channels: [(&'static str, &'static str, Channel); 3],
     call_timeout: Duration,
+    /// Step faults every call asks for (`run --fault`).
+    faults: Option<tonic::metadata::AsciiMetadataValue>,
 }
 
 fn channel(
@@ -110,7 +112,23 @@ impl GrpcParticipants {
                 ("shipping.v1.ShippingService", "shipping_url", shipping),
             ],
             call_timeout: settings.retry.call_timeout(),
+            faults: None,
         })
+    }
+
+    /// Asks the services for these step faults (`RPC=KIND[@RATE]`) on every call; they must
+    /// allow injection.
+    pub fn with_faults(mut self, faults: &[String]) -> Result<Self, String> {
+        if faults.is_empty() {
+            return Ok(self);
+        }
+        let joined = faults.join(",");
+        saga_common::faults::parse_step_faults(&joined)?;
+        let value = joined
+            .parse()
+            .map_err(|_| format!("--fault '{joined}' is not plain ASCII"))?;
+        self.faults = Some(value);
+        Ok(self)
     }
 
     /// Waits until every service reports SERVING, or `timeout` passes.
@@ -146,6 +164,11 @@ impl GrpcParticipants {
     fn request<T>(&self, message: T, inject_failure: bool) -> Request<T> {
         let mut request = Request::new(message);
         request.set_timeout(self.call_timeout);
+        if let Some(faults) = &self.faults {
+            request
+                .metadata_mut()
+                .insert(INJECT_FAULT_HEADER, faults.clone());
+        }
         if inject_failure {
             request.metadata_mut().insert(
                 INJECT_FAILURE_HEADER,

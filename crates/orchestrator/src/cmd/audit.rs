@@ -18,7 +18,7 @@ pub struct AuditArgs {
 }
 
 pub async fn audit(args: AuditArgs, settings: OrchestratorSettings) -> Result<(), Exit> {
-    let participants = connect(&settings).await?;
+    let participants = connect(&settings, &[]).await?;
     let concurrency = usize::try_from(args.concurrency).unwrap_or(32);
     let report =
         crate::recover::audit(&participants, &settings.retry, args.older_than, concurrency)

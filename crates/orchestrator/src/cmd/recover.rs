@@ -42,7 +42,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 pub async fn recover(args: RecoverArgs, settings: OrchestratorSettings) -> Result<(), Exit> {
-    let participants = connect(&settings).await?;
+    let participants = connect(&settings, &[]).await?;
     let saga = Saga {
         participants: &participants,
         retry: &settings.retry,

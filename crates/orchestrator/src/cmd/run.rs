@@ -64,6 +64,11 @@ pub struct RunArgs {
     /// This process's shard of the batch (a Kubernetes Indexed Job sets JOB_COMPLETION_INDEX).
     #[arg(long, env = "JOB_COMPLETION_INDEX", default_value_t = 0)]
     shard_index: u64,
+    /// Ask for a step fault in every saga, e.g. `--fault RefundPayment=unavailable` (kinds:
+    /// business, unavailable, lost-reply, hang, crash; `@RATE` after the kind for a share of
+    /// the calls). Repeatable. The services must allow injection.
+    #[arg(long = "fault", value_name = "RPC=KIND")]
+    faults: Vec<String>,
     /// How many shards split the batch.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     shard_count: u64,
@@ -126,7 +131,7 @@ impl RunArgs {
 
 pub async fn run(args: RunArgs, settings: OrchestratorSettings) -> Result<(), Exit> {
     let (batch, small) = args.batch()?;
-    let participants = Arc::new(connect(&settings).await?);
+    let participants = Arc::new(connect(&settings, &args.faults).await?);
     let print_sagas = match args.print_sagas {
         PrintSagas::Auto if small => PrintSagas::All,
         PrintSagas::Auto => PrintSagas::Problems,

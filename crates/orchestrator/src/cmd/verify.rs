@@ -48,7 +48,7 @@ fn acknowledged_ids(files: &[PathBuf]) -> Result<Vec<Acknowledged>, String> {
 pub async fn verify(args: VerifyArgs, settings: OrchestratorSettings) -> Result<(), Exit> {
     let acknowledged = acknowledged_ids(&args.acknowledged)
         .map_err(|err| Exit::BadConfig(format!("cannot read acknowledged writes: {err}")))?;
-    let participants = connect(&settings).await?;
+    let participants = connect(&settings, &[]).await?;
     let concurrency = usize::try_from(args.concurrency).unwrap_or(32);
     let verdict = verify_run(
         &participants,
