@@ -4,8 +4,8 @@
 //!
 //! Each kind of record is one table: `id` (primary key), `key` (unique: the idempotency key),
 //! `version` (bumped by every update) and `body` (the record as JSON). Updates are optimistic
-//! ([`SqlRepository::update`](crate::Repository::update)), so no lock is held across a
-//! transition and every replica can take any request.
+//! (read the version, write only if it is unchanged), so no lock is held across a transition
+//! and every replica can take any request.
 use std::future::Future;
 use std::marker::PhantomData;
 
