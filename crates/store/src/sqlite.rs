@@ -56,7 +56,7 @@ enum Op {
 
 #[derive(Debug)]
 enum Outcome {
-    Done,
+    Done(()),
     Inserted(Inserted),
     Row(Option<Row>),
     Updated(bool),
@@ -228,7 +228,7 @@ fn run(conn: &Connection, op: &Op) -> rusqlite::Result<Outcome> {
             for statement in sql::pending_migrations(table, &applied) {
                 conn.execute(&statement, [])?;
             }
-            Ok(Outcome::Done)
+            Ok(Outcome::Done(()))
         }
         Op::Insert {
             table,
@@ -282,55 +282,56 @@ fn unexpected(outcome: Outcome) -> StoreError {
     ))
 }
 
-impl SqlDatabase for SqliteStore {
-    async fn migrate_table(&self, table: Table) -> Result<()> {
-        match self.ask(Op::Migrate { table }).await? {
-            Outcome::Done => Ok(()),
+/// Sends `op` to the thread and unpacks the one kind of answer it has.
+macro_rules! ask {
+    ($store:expr, $op:expr, $answer:path) => {
+        match $store.ask($op).await? {
+            $answer(value) => Ok(value),
             other => Err(unexpected(other)),
         }
+    };
+}
+
+impl SqlDatabase for SqliteStore {
+    async fn migrate_table(&self, table: Table) -> Result<()> {
+        ask!(self, Op::Migrate { table }, Outcome::Done)
     }
 
     async fn insert(&self, table: Table, id: &str, key: &str, body: String) -> Result<Inserted> {
         let (id, key) = (id.to_owned(), key.to_owned());
-        let op = Op::Insert {
-            table,
-            id,
-            key,
-            body,
-        };
-        match self.ask(op).await? {
-            Outcome::Inserted(inserted) => Ok(inserted),
-            other => Err(unexpected(other)),
-        }
+        ask!(
+            self,
+            Op::Insert {
+                table,
+                id,
+                key,
+                body
+            },
+            Outcome::Inserted
+        )
     }
 
     async fn fetch(&self, table: Table, by: Column, value: &str) -> Result<Option<Row>> {
         let value = value.to_owned();
-        match self.ask(Op::Get { table, by, value }).await? {
-            Outcome::Row(row) => Ok(row),
-            other => Err(unexpected(other)),
-        }
+        ask!(self, Op::Get { table, by, value }, Outcome::Row)
     }
 
     async fn write_at(&self, table: Table, id: &str, version: i64, body: String) -> Result<bool> {
         let id = id.to_owned();
-        let op = Op::Update {
-            table,
-            id,
-            version,
-            body,
-        };
-        match self.ask(op).await? {
-            Outcome::Updated(written) => Ok(written),
-            other => Err(unexpected(other)),
-        }
+        ask!(
+            self,
+            Op::Update {
+                table,
+                id,
+                version,
+                body
+            },
+            Outcome::Updated
+        )
     }
 
     async fn all(&self, table: Table) -> Result<Vec<String>> {
-        match self.ask(Op::All { table }).await? {
-            Outcome::Rows(rows) => Ok(rows),
-            other => Err(unexpected(other)),
-        }
+        ask!(self, Op::All { table }, Outcome::Rows)
     }
 }
 
