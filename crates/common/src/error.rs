@@ -67,6 +67,23 @@ mod tests {
         }
     }
 
+    #[derive(Debug, thiserror::Error)]
+    #[error("row 42 holds secret bytes")]
+    struct Rotten;
+    impl Classify for Rotten {
+        fn kind(&self) -> ErrorKind {
+            ErrorKind::DataLoss
+        }
+    }
+
+    #[test]
+    fn unreadable_data_is_data_loss_not_a_retry() {
+        let status = to_status(&Rotten);
+        assert_eq!(status.code(), Code::DataLoss);
+        assert!(!status.message().contains("secret"));
+        assert!(status.message().contains("retrying will not help"));
+    }
+
     #[test]
     fn internal_errors_hide_their_detail() {
         let status = to_status(&Boom);

@@ -423,6 +423,22 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_row_that_does_not_decode_is_corrupt() {
+        let dir = temp_dir("corrupt");
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = open(&dir, Synchronous::Full).await;
+        let repo = store.repository::<Item>();
+        repo.insert_or_get(item("a", "k")).await.unwrap();
+        Connection::open(dir.join("test.sqlite"))
+            .unwrap()
+            .execute("UPDATE items SET body = 'not json'", [])
+            .unwrap();
+        let err = repo.get("a").await.unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
     async fn an_unwritable_directory_is_reported() {
         let file = temp_dir("not-a-dir");
         std::fs::write(&file, b"x").unwrap();
