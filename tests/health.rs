@@ -10,7 +10,7 @@ use std::time::Duration;
 use order_service::OrderApi;
 use order_service::orders::Orders;
 use saga_common::faults::TransientFaults;
-use saga_common::server::ShutdownSettings;
+use saga_common::settings::ShutdownSettings;
 use saga_proto::order::v1::order_service_client::OrderServiceClient;
 use saga_proto::order::v1::order_service_server::OrderServiceServer;
 use saga_proto::order::v1::{CreateOrderRequest, LineItem};
@@ -122,7 +122,7 @@ async fn overload_is_refused_at_once_and_callers_back_off() {
         latency_ms: 200,
         transient_error_rate: 0.0,
     };
-    let limits = saga_common::server::Limits {
+    let limits = saga_common::settings::Limits {
         max_concurrent_requests: 2,
         request_timeout_ms: 5_000,
     };

@@ -247,3 +247,31 @@ async fn mutual_tls_admits_only_clients_with_a_valid_certificate() {
     drop(services);
     let _ = std::fs::remove_dir_all(&pki.dir);
 }
+
+#[test]
+fn a_bad_tls_file_stops_the_service_before_it_creates_its_database() {
+    let dir = temp_dir("tls-before-store");
+    let data = dir.join("data");
+    let garbage = dir.join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate").unwrap();
+    for (cert, what) in [
+        (dir.join("missing.crt"), "cannot read"),
+        (garbage, "certificate"),
+    ] {
+        let output = Command::new(binary("order-service"))
+            .env("ORDER_TLS__CERT_FILE", &cert)
+            .env("ORDER_TLS__KEY_FILE", dir.join("garbage.pem"))
+            .env("ORDER_STORE__DATA_DIR", &data)
+            .env("ORDER_LISTEN_ADDR", "127.0.0.1:0")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(64), "{stderr}");
+        assert!(stderr.contains(what), "{stderr}");
+        assert!(
+            !data.exists(),
+            "the store was opened before TLS was checked"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

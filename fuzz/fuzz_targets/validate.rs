@@ -30,7 +30,7 @@ use payment_service::payments::{self, Payments};
 use prost::Message;
 use saga_common::IdKind;
 use saga_common::faults::{BusinessFaults, INJECT_FAILURE_HEADER, TransientFaults};
-use saga_common::store::Target;
+use saga_store::Target;
 use saga_common::validate::{self, ValidationError};
 use saga_proto::order::v1::{self as order, order_service_server::OrderService};
 use saga_proto::payment::v1::{self as payment, payment_service_server::PaymentService};

@@ -12,15 +12,15 @@ use order_service::OrderApi;
 use order_service::orders::Orders;
 use payment_service::PaymentApi;
 use payment_service::payments::Payments;
-use saga_common::Repository as _;
 use saga_common::faults::{BusinessFaults, TransientFaults};
-use saga_common::server::ShutdownSettings;
+use saga_common::settings::ShutdownSettings;
 use saga_orchestrator::OrchestratorSettings;
 use saga_orchestrator::grpc::GrpcParticipants;
 use saga_orchestrator::retry::RetryPolicy;
 use saga_proto::order::v1::order_service_server::OrderServiceServer;
 use saga_proto::payment::v1::payment_service_server::PaymentServiceServer;
 use saga_proto::shipping::v1::shipping_service_server::ShippingServiceServer;
+use saga_store::Repository as _;
 use shipping_service::ShippingApi;
 use shipping_service::shipments::Shipments;
 use tokio::net::TcpListener;
@@ -68,14 +68,14 @@ pub async fn serve<S>(service: S, shutdown: ShutdownSettings) -> Server
 where
     S: saga_common::server::GrpcService,
 {
-    serve_limited(service, shutdown, saga_common::server::Limits::default()).await
+    serve_limited(service, shutdown, saga_common::settings::Limits::default()).await
 }
 
 /// As [`serve`], with the given overload limits.
 pub async fn serve_limited<S>(
     service: S,
     shutdown: ShutdownSettings,
-    limits: saga_common::server::Limits,
+    limits: saga_common::settings::Limits,
 ) -> Server
 where
     S: saga_common::server::GrpcService,

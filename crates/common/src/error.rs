@@ -15,6 +15,8 @@ pub enum ErrorKind {
     Unavailable,
     /// A bug or a broken dependency on our side.
     Internal,
+    /// Stored data cannot be read: a retry reads the same bytes, so a person must repair it.
+    DataLoss,
 }
 
 impl ErrorKind {
@@ -25,6 +27,7 @@ impl ErrorKind {
             ErrorKind::FailedPrecondition => Code::FailedPrecondition,
             ErrorKind::Unavailable => Code::Unavailable,
             ErrorKind::Internal => Code::Internal,
+            ErrorKind::DataLoss => Code::DataLoss,
         }
     }
 }
@@ -36,12 +39,19 @@ pub trait Classify: std::error::Error {
 
 /// Turns a domain error into the status a client receives; internal details are logged, not sent.
 pub fn to_status<E: Classify>(err: &E) -> Status {
-    let kind = err.kind();
-    if kind == ErrorKind::Internal {
-        tracing::error!(error = %err, "internal error");
-        return Status::internal("internal error; see the service log");
+    match err.kind() {
+        ErrorKind::Internal => {
+            tracing::error!(error = %err, "internal error");
+            Status::internal("internal error; see the service log")
+        }
+        ErrorKind::DataLoss => {
+            tracing::error!(error = %err, "stored data cannot be read");
+            Status::data_loss(
+                "a stored record cannot be read; retrying will not help: the service log names it for the operator",
+            )
+        }
+        kind => Status::new(kind.code(), err.to_string()),
     }
-    Status::new(kind.code(), err.to_string())
 }
 
 #[cfg(test)]
@@ -55,6 +65,23 @@ mod tests {
         fn kind(&self) -> ErrorKind {
             ErrorKind::Internal
         }
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("row 42 holds secret bytes")]
+    struct Rotten;
+    impl Classify for Rotten {
+        fn kind(&self) -> ErrorKind {
+            ErrorKind::DataLoss
+        }
+    }
+
+    #[test]
+    fn unreadable_data_is_data_loss_not_a_retry() {
+        let status = to_status(&Rotten);
+        assert_eq!(status.code(), Code::DataLoss);
+        assert!(!status.message().contains("secret"));
+        assert!(status.message().contains("retrying will not help"));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! What every order-saga binary needs, in one small crate: settings, logs and traces, the gRPC
-//! server bootstrap (health, reflection, graceful shutdown), injected faults, ids, input checks,
-//! the repository trait and the error-to-status table.
+//! server bootstrap (health, reflection, graceful shutdown), injected faults, ids, input checks
+//! and the error-to-status table. The stores are in `saga-store`, which only the services link.
 
 mod client_trace;
 pub mod config;
@@ -8,11 +8,10 @@ pub mod error;
 pub mod faults;
 pub mod ids;
 pub mod server;
+pub mod settings;
 pub mod shutdown;
-pub mod store;
 pub mod telemetry;
 pub mod validate;
 
 pub use error::{Classify, ErrorKind};
 pub use ids::IdKind;
-pub use store::{MemoryRepository, Record, Repository, StoreError, Target};

@@ -3,9 +3,9 @@ use std::sync::Arc;
 
 use saga_common::error::to_status;
 use saga_common::faults::{TransientFaults, guarded};
-use saga_common::store::Store;
 use saga_proto::order::v1 as pb;
 use saga_proto::order::v1::order_service_server::{OrderService, OrderServiceServer};
+use saga_store::Store;
 use tonic::{Request, Response, Status};
 
 use crate::OrderSettings;

@@ -7,7 +7,10 @@ pub mod orders;
 pub use api::OrderApi;
 
 /// Settings of the order service: `ORDER_*` variables.
-pub type OrderSettings = saga_common::server::ServiceSettings<saga_common::faults::TransientFaults>;
+pub type OrderSettings = saga_common::settings::ServiceSettings<
+    saga_common::faults::TransientFaults,
+    saga_store::StoreSettings,
+>;
 
 /// The port the service listens on unless `listen_addr` says otherwise.
 pub const DEFAULT_PORT: u16 = 50051;

@@ -1,7 +1,7 @@
 //! Orders: creation with an idempotency key, and the PENDING → APPROVED | CANCELLED lifecycle.
-use saga_common::store::Store;
 use saga_common::validate::{self, ValidationError};
-use saga_common::{Classify, ErrorKind, IdKind, Record, Repository, StoreError};
+use saga_common::{Classify, ErrorKind, IdKind};
+use saga_store::{Record, Repository, Store, StoreError};
 use serde::{Deserialize, Serialize};
 
 /// Longest user id, sku and idempotency key accepted.
@@ -83,7 +83,7 @@ impl Classify for OrderError {
             OrderError::KeyReused(_) | OrderError::IllegalTransition { .. } => {
                 ErrorKind::FailedPrecondition
             }
-            OrderError::Store(_) => ErrorKind::Unavailable,
+            OrderError::Store(err) => err.kind(),
         }
     }
 }

@@ -4,10 +4,9 @@ use std::sync::Arc;
 
 use saga_common::error::to_status;
 use saga_common::faults::{BusinessFaults, guarded};
-use saga_common::store::Store;
-use saga_common::store::Target;
 use saga_proto::payment::v1 as pb;
 use saga_proto::payment::v1::payment_service_server::{PaymentService, PaymentServiceServer};
+use saga_store::{Store, Target};
 use tonic::{Request, Response, Status};
 
 use crate::PaymentSettings;

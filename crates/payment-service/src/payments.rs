@@ -2,9 +2,9 @@
 //!
 //! The order id is the idempotency key: at most one payment per order, so a repeated
 //! ProcessPayment returns the first payment and never charges twice.
-use saga_common::store::{Store, Target, find};
 use saga_common::validate::{self, ValidationError};
-use saga_common::{Classify, ErrorKind, IdKind, Record, Repository, StoreError};
+use saga_common::{Classify, ErrorKind, IdKind};
+use saga_store::{Record, Repository, Store, StoreError, Target, find};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,7 +72,7 @@ impl Classify for PaymentError {
             PaymentError::DifferentCharge { .. } | PaymentError::NothingToRefund(_) => {
                 ErrorKind::FailedPrecondition
             }
-            PaymentError::Store(_) => ErrorKind::Unavailable,
+            PaymentError::Store(err) => err.kind(),
         }
     }
 }

@@ -8,8 +8,10 @@ pub mod shipments;
 pub use api::ShippingApi;
 
 /// Settings of the shipping service: `SHIPPING_*` variables.
-pub type ShippingSettings =
-    saga_common::server::ServiceSettings<saga_common::faults::BusinessFaults>;
+pub type ShippingSettings = saga_common::settings::ServiceSettings<
+    saga_common::faults::BusinessFaults,
+    saga_store::StoreSettings,
+>;
 
 /// The port the service listens on unless `listen_addr` says otherwise.
 pub const DEFAULT_PORT: u16 = 50053;

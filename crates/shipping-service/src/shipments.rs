@@ -2,9 +2,9 @@
 //!
 //! The order id is the idempotency key: at most one shipment per order, so a repeated
 //! StartShipping returns the first shipment and never ships twice.
-use saga_common::store::{Store, Target, find};
 use saga_common::validate::{self, ValidationError};
-use saga_common::{Classify, ErrorKind, IdKind, Record, Repository, StoreError};
+use saga_common::{Classify, ErrorKind, IdKind};
+use saga_store::{Record, Repository, Store, StoreError, Target, find};
 use serde::{Deserialize, Serialize};
 
 /// Longest delivery address accepted.
@@ -56,7 +56,7 @@ impl Classify for ShippingError {
             ShippingError::Invalid(_) => ErrorKind::InvalidArgument,
             ShippingError::NotFound(_) => ErrorKind::NotFound,
             ShippingError::DifferentAddress(_) => ErrorKind::FailedPrecondition,
-            ShippingError::Store(_) => ErrorKind::Unavailable,
+            ShippingError::Store(err) => err.kind(),
         }
     }
 }

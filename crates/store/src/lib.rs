@@ -1,101 +1,25 @@
-//! The repository every service keeps its resources in. Each record has an id and a unique key
-//! (an order's idempotency key; a payment's or shipment's order id): the key is what makes the
-//! mutating calls idempotent, because a second insert with the same key returns the first record.
+//! Where the services keep their resources. Each record has an id and a unique key (an order's
+//! idempotency key; a payment's or shipment's order id): the key is what makes the mutating calls
+//! idempotent, because a second insert with the same key returns the first record.
 //!
 //! Three implementations: [`sqlite::SqliteRepository`] (the default: one file per service),
 //! [`postgres::PgRepository`] (several replicas) and [`MemoryRepository`] (tests, throwaway
-//! runs). [`Store`] is whichever the settings chose.
-use std::collections::HashMap;
+//! runs). The two SQL stores share everything but the talking to their database ([`sql`]).
+//! [`Store`] is whichever [`StoreSettings`] chose.
 use std::future::Future;
-use std::sync::{Mutex, MutexGuard};
 
+use saga_common::{Classify, ErrorKind};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+mod memory;
 pub mod postgres;
+mod settings;
+pub mod sql;
 pub mod sqlite;
 
-/// Schema changes in order; each runs once per table, recorded in `order_saga_schema`.
-/// `{table}` is the record's table. The same SQL on SQLite and PostgreSQL.
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    "CREATE TABLE IF NOT EXISTS {table} (
-        id TEXT PRIMARY KEY,
-        key TEXT NOT NULL UNIQUE,
-        version BIGINT NOT NULL,
-        body TEXT NOT NULL
-    )",
-)];
-
-/// The column a row is looked up by.
-#[derive(Debug, Clone, Copy)]
-enum Column {
-    Id,
-    Key,
-}
-
-impl Column {
-    fn name(self) -> &'static str {
-        match self {
-            Column::Id => "id",
-            Column::Key => "key",
-        }
-    }
-}
-
-/// A record as the SQL stores keep it: JSON in the `body` column.
-fn encode<R: Record>(record: &R) -> Result<String, StoreError> {
-    serde_json::to_string(record).map_err(|err| StoreError::Corrupt(err.to_string()))
-}
-
-fn decode<R: Record>(body: &str) -> Result<R, StoreError> {
-    serde_json::from_str(body).map_err(|err| StoreError::Corrupt(err.to_string()))
-}
-
-/// Rows with a version column, bumped by every write: what the SQL stores give the optimistic
-/// update.
-trait VersionedRows<R: Record>: Sync {
-    /// The record and its version.
-    fn fetch(
-        &self,
-        by: Column,
-        value: &str,
-    ) -> impl Future<Output = Result<Option<(R, i64)>, StoreError>> + Send;
-    /// Writes `body` over row `id` if it is still at `version`; `false` if another write came
-    /// first.
-    fn write_if_unchanged(
-        &self,
-        id: &str,
-        version: i64,
-        body: String,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
-}
-
-/// [`Repository::update`] for the SQL stores: read the row and its version, apply the
-/// transition, write it back only if the version is unchanged, else decide again on the new
-/// state. No lock is held across the transition, and it works the same on every replica.
-async fn update_optimistically<R, E, F>(
-    rows: &impl VersionedRows<R>,
-    id: &str,
-    mut transition: F,
-) -> Result<Option<R>, E>
-where
-    R: Record,
-    E: From<StoreError> + Send,
-    F: FnMut(&R) -> Result<Option<R>, E> + Send,
-{
-    loop {
-        let Some((current, version)) = rows.fetch(Column::Id, id).await? else {
-            return Ok(None);
-        };
-        let Some(next) = transition(&current)? else {
-            return Ok(Some(current));
-        };
-        if rows.write_if_unchanged(id, version, encode(&next)?).await? {
-            return Ok(Some(next));
-        }
-    }
-}
+pub use memory::MemoryRepository;
+pub use settings::{Backend, StoreSettings};
 
 /// A stored resource.
 pub trait Record: Clone + Send + Sync + Serialize + DeserializeOwned + 'static {
@@ -108,10 +32,23 @@ pub trait Record: Clone + Send + Sync + Serialize + DeserializeOwned + 'static {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The database cannot be reached or refused the write: nothing was decided, try again.
     #[error("store unavailable: {0}")]
     Unavailable(String),
-    #[error("stored record is unreadable: {0}")]
+    /// A row that does not decode: retrying reads the same bytes, so only a person can fix it.
+    #[error(
+        "a stored record cannot be read ({0}); it was written by an incompatible version or changed outside the service: repair the row or restore the database"
+    )]
     Corrupt(String),
+}
+
+impl Classify for StoreError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            StoreError::Unavailable(_) => ErrorKind::Unavailable,
+            StoreError::Corrupt(_) => ErrorKind::DataLoss,
+        }
+    }
 }
 
 /// Storage for one kind of record. Implementations make each call atomic.
@@ -156,88 +93,6 @@ pub async fn find<R: Record>(
     }
 }
 
-/// In-memory repository: a map behind a mutex that is never held across an `.await`.
-#[derive(Debug)]
-pub struct MemoryRepository<R> {
-    inner: Mutex<Inner<R>>,
-}
-
-#[derive(Debug)]
-struct Inner<R> {
-    by_id: HashMap<String, R>,
-    id_by_key: HashMap<String, String>,
-}
-
-impl<R> Default for MemoryRepository<R> {
-    fn default() -> Self {
-        Self {
-            inner: Mutex::new(Inner {
-                by_id: HashMap::new(),
-                id_by_key: HashMap::new(),
-            }),
-        }
-    }
-}
-
-impl<R> MemoryRepository<R> {
-    fn lock(&self) -> MutexGuard<'_, Inner<R>> {
-        // A panic while holding the lock cannot leave a half-written map: every write is one insert.
-        self.inner
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
-impl<R: Record> Repository<R> for MemoryRepository<R> {
-    async fn insert_or_get(&self, record: R) -> Result<(R, bool), StoreError> {
-        let mut inner = self.lock();
-        if let Some(existing) = inner
-            .id_by_key
-            .get(record.key())
-            .and_then(|id| inner.by_id.get(id))
-        {
-            return Ok((existing.clone(), false));
-        }
-        inner
-            .id_by_key
-            .insert(record.key().to_owned(), record.id().to_owned());
-        inner.by_id.insert(record.id().to_owned(), record.clone());
-        Ok((record, true))
-    }
-
-    async fn get(&self, id: &str) -> Result<Option<R>, StoreError> {
-        Ok(self.lock().by_id.get(id).cloned())
-    }
-
-    async fn get_by_key(&self, key: &str) -> Result<Option<R>, StoreError> {
-        let inner = self.lock();
-        Ok(inner
-            .id_by_key
-            .get(key)
-            .and_then(|id| inner.by_id.get(id))
-            .cloned())
-    }
-
-    async fn update<E, F>(&self, id: &str, mut transition: F) -> Result<Option<R>, E>
-    where
-        E: From<StoreError> + Send,
-        F: FnMut(&R) -> Result<Option<R>, E> + Send,
-    {
-        let mut inner = self.lock();
-        let Some(current) = inner.by_id.get_mut(id) else {
-            return Ok(None);
-        };
-        if let Some(next) = transition(current)? {
-            *current = next;
-        }
-        Ok(Some(current.clone()))
-    }
-
-    async fn all(&self) -> Result<Vec<R>, StoreError> {
-        Ok(self.lock().by_id.values().cloned().collect())
-    }
-}
-
 /// The repository the settings chose.
 #[derive(Debug)]
 pub enum Store<R> {
@@ -252,29 +107,28 @@ impl<R> Default for Store<R> {
     }
 }
 
+/// Forwards a call to the repository the store holds: `dispatch!(self, repo => repo.get(id))`.
+macro_rules! dispatch {
+    ($store:expr, $repo:ident => $call:expr) => {
+        match $store {
+            Store::Memory($repo) => $call.await,
+            Store::Sqlite($repo) => $call.await,
+            Store::Postgres($repo) => $call.await,
+        }
+    };
+}
+
 impl<R: Record> Repository<R> for Store<R> {
     async fn insert_or_get(&self, record: R) -> Result<(R, bool), StoreError> {
-        match self {
-            Store::Memory(repo) => repo.insert_or_get(record).await,
-            Store::Sqlite(repo) => repo.insert_or_get(record).await,
-            Store::Postgres(repo) => repo.insert_or_get(record).await,
-        }
+        dispatch!(self, repo => repo.insert_or_get(record))
     }
 
     async fn get(&self, id: &str) -> Result<Option<R>, StoreError> {
-        match self {
-            Store::Memory(repo) => repo.get(id).await,
-            Store::Sqlite(repo) => repo.get(id).await,
-            Store::Postgres(repo) => repo.get(id).await,
-        }
+        dispatch!(self, repo => repo.get(id))
     }
 
     async fn get_by_key(&self, key: &str) -> Result<Option<R>, StoreError> {
-        match self {
-            Store::Memory(repo) => repo.get_by_key(key).await,
-            Store::Sqlite(repo) => repo.get_by_key(key).await,
-            Store::Postgres(repo) => repo.get_by_key(key).await,
-        }
+        dispatch!(self, repo => repo.get_by_key(key))
     }
 
     async fn update<E, F>(&self, id: &str, transition: F) -> Result<Option<R>, E>
@@ -282,19 +136,11 @@ impl<R: Record> Repository<R> for Store<R> {
         E: From<StoreError> + Send,
         F: FnMut(&R) -> Result<Option<R>, E> + Send,
     {
-        match self {
-            Store::Memory(repo) => repo.update(id, transition).await,
-            Store::Sqlite(repo) => repo.update(id, transition).await,
-            Store::Postgres(repo) => repo.update(id, transition).await,
-        }
+        dispatch!(self, repo => repo.update(id, transition))
     }
 
     async fn all(&self) -> Result<Vec<R>, StoreError> {
-        match self {
-            Store::Memory(repo) => repo.all().await,
-            Store::Sqlite(repo) => repo.all().await,
-            Store::Postgres(repo) => repo.all().await,
-        }
+        dispatch!(self, repo => repo.all())
     }
 }
 
@@ -392,6 +238,15 @@ pub(crate) mod tests {
         assert_eq!(winners, 1);
         assert_eq!(repo.get("a").await.unwrap().map(|r| r.n), Some(n));
         assert_eq!(repo.all().await.unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_corrupt_record_is_not_worth_a_retry() {
+        assert_eq!(StoreError::Corrupt("x".into()).kind(), ErrorKind::DataLoss);
+        assert_eq!(
+            StoreError::Unavailable("x".into()).kind(),
+            ErrorKind::Unavailable
+        );
     }
 
     #[tokio::test]

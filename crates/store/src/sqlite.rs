@@ -7,8 +7,7 @@
 //! for the whole batch instead of one per write). Under load batches grow by themselves; a lone
 //! request still commits at once.
 //!
-//! The table layout and the optimistic update are those of [`super::postgres`].
-use std::marker::PhantomData;
+//! The table layout, statements and repository are those of [`crate::sql`].
 use std::path::Path;
 use std::sync::mpsc;
 use std::time::Duration;
@@ -16,9 +15,10 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
-use super::{
-    Column, MIGRATIONS, Record, Repository, StoreError, VersionedRows, decode, encode,
-    update_optimistically,
+use crate::StoreError;
+use crate::sql::{
+    self, APPLIED_SQL, Column, Inserted, Result, Row, SCHEMA_TABLE, SqlDatabase, SqlRepository,
+    Table,
 };
 
 /// Requests per transaction at most: bounds the time a batch holds its callers.
@@ -56,10 +56,9 @@ enum Op {
 
 #[derive(Debug)]
 enum Outcome {
-    Done,
-    Inserted,
-    Existing(Option<(String, i64)>),
-    Row(Option<(String, i64)>),
+    Done(()),
+    Inserted(Inserted),
+    Row(Option<Row>),
     Updated(bool),
     Rows(Vec<String>),
 }
@@ -128,19 +127,6 @@ impl SqliteStore {
         answer
             .await
             .map_err(|_| StoreError::Unavailable("the SQLite thread has stopped".into()))?
-    }
-
-    /// Creates or upgrades the table of `R`.
-    pub async fn migrate<R: Record>(&self) -> Result<(), StoreError> {
-        self.ask(Op::Migrate { table: R::TABLE }).await.map(drop)
-    }
-
-    /// The repository of `R` in this database (after [`SqliteStore::migrate`]).
-    pub fn repository<R: Record>(&self) -> SqliteRepository<R> {
-        SqliteRepository {
-            store: self.clone(),
-            record: PhantomData,
-        }
     }
 }
 
@@ -234,28 +220,15 @@ fn run_batch(conn: &mut Connection, batch: &[(Op, Reply)]) -> Vec<Result<Outcome
 fn run(conn: &Connection, op: &Op) -> rusqlite::Result<Outcome> {
     match op {
         Op::Migrate { table } => {
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS order_saga_schema (tbl TEXT NOT NULL, version BIGINT NOT NULL, PRIMARY KEY (tbl, version))",
-                [],
-            )?;
-            for (version, statement) in MIGRATIONS {
-                let done = conn
-                    .query_row(
-                        "SELECT 1 FROM order_saga_schema WHERE tbl = ?1 AND version = ?2",
-                        params![table, version],
-                        |_| Ok(()),
-                    )
-                    .optional()?
-                    .is_some();
-                if !done {
-                    conn.execute(&statement.replace("{table}", table), [])?;
-                    conn.execute(
-                        "INSERT INTO order_saga_schema (tbl, version) VALUES (?1, ?2)",
-                        params![table, version],
-                    )?;
-                }
+            conn.execute(SCHEMA_TABLE, [])?;
+            let applied = conn
+                .prepare(APPLIED_SQL)?
+                .query_map([table], |row| row.get(0))?
+                .collect::<rusqlite::Result<Vec<i64>>>()?;
+            for statement in sql::pending_migrations(table, &applied) {
+                conn.execute(&statement, [])?;
             }
-            Ok(Outcome::Done)
+            Ok(Outcome::Done(()))
         }
         Op::Insert {
             table,
@@ -264,15 +237,13 @@ fn run(conn: &Connection, op: &Op) -> rusqlite::Result<Outcome> {
             body,
         } => {
             let inserted = conn
-                .prepare_cached(&format!(
-                    "INSERT INTO {table} (id, key, version, body) VALUES (?1, ?2, 1, ?3) ON CONFLICT (key) DO NOTHING"
-                ))?
+                .prepare_cached(&sql::insert_sql(table))?
                 .execute(params![id, key, body])?;
-            if inserted == 1 {
-                Ok(Outcome::Inserted)
+            Ok(Outcome::Inserted(if inserted == 1 {
+                Inserted::New
             } else {
-                Ok(Outcome::Existing(fetch(conn, table, Column::Key, key)?))
-            }
+                Inserted::Existing(fetch(conn, table, Column::Key, key)?)
+            }))
         }
         Op::Get { table, by, value } => Ok(Outcome::Row(fetch(conn, table, *by, value)?)),
         Op::Update {
@@ -282,14 +253,12 @@ fn run(conn: &Connection, op: &Op) -> rusqlite::Result<Outcome> {
             body,
         } => {
             let written = conn
-                .prepare_cached(&format!(
-                    "UPDATE {table} SET body = ?1, version = version + 1 WHERE id = ?2 AND version = ?3"
-                ))?
+                .prepare_cached(&sql::update_sql(table))?
                 .execute(params![body, id, version])?;
             Ok(Outcome::Updated(written == 1))
         }
         Op::All { table } => {
-            let mut statement = conn.prepare_cached(&format!("SELECT body FROM {table}"))?;
+            let mut statement = conn.prepare_cached(&sql::all_sql(table))?;
             let rows = statement
                 .query_map([], |row| row.get(0))?
                 .collect::<rusqlite::Result<Vec<String>>>()?;
@@ -298,26 +267,14 @@ fn run(conn: &Connection, op: &Op) -> rusqlite::Result<Outcome> {
     }
 }
 
-fn fetch(
-    conn: &Connection,
-    table: &str,
-    by: Column,
-    value: &str,
-) -> rusqlite::Result<Option<(String, i64)>> {
-    conn.prepare_cached(&format!(
-        "SELECT body, version FROM {table} WHERE {} = ?1",
-        by.name()
-    ))?
-    .query_row([value], |row| Ok((row.get(0)?, row.get(1)?)))
-    .optional()
+fn fetch(conn: &Connection, table: &str, by: Column, value: &str) -> rusqlite::Result<Option<Row>> {
+    conn.prepare_cached(&sql::select_sql(table, by))?
+        .query_row([value], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()
 }
 
 /// The records of one kind in a [`SqliteStore`].
-#[derive(Debug)]
-pub struct SqliteRepository<R> {
-    store: SqliteStore,
-    record: PhantomData<fn() -> R>,
-}
+pub type SqliteRepository<R> = SqlRepository<SqliteStore, R>;
 
 fn unexpected(outcome: Outcome) -> StoreError {
     StoreError::Unavailable(format!(
@@ -325,90 +282,64 @@ fn unexpected(outcome: Outcome) -> StoreError {
     ))
 }
 
-impl<R: Record> VersionedRows<R> for SqliteRepository<R> {
-    async fn fetch(&self, by: Column, value: &str) -> Result<Option<(R, i64)>, StoreError> {
-        let op = Op::Get {
-            table: R::TABLE,
-            by,
-            value: value.to_owned(),
-        };
-        match self.store.ask(op).await? {
-            Outcome::Row(row) => row
-                .map(|(body, version)| Ok((decode(&body)?, version)))
-                .transpose(),
+/// Sends `op` to the thread and unpacks the one kind of answer it has.
+macro_rules! ask {
+    ($store:expr, $op:expr, $answer:path) => {
+        match $store.ask($op).await? {
+            $answer(value) => Ok(value),
             other => Err(unexpected(other)),
         }
-    }
-
-    async fn write_if_unchanged(
-        &self,
-        id: &str,
-        version: i64,
-        body: String,
-    ) -> Result<bool, StoreError> {
-        let op = Op::Update {
-            table: R::TABLE,
-            id: id.to_owned(),
-            version,
-            body,
-        };
-        match self.store.ask(op).await? {
-            Outcome::Updated(written) => Ok(written),
-            other => Err(unexpected(other)),
-        }
-    }
+    };
 }
 
-impl<R: Record> Repository<R> for SqliteRepository<R> {
-    async fn insert_or_get(&self, record: R) -> Result<(R, bool), StoreError> {
-        let op = Op::Insert {
-            table: R::TABLE,
-            id: record.id().to_owned(),
-            key: record.key().to_owned(),
-            body: encode(&record)?,
-        };
-        match self.store.ask(op).await? {
-            Outcome::Inserted => Ok((record, true)),
-            Outcome::Existing(Some((body, _))) => Ok((decode(&body)?, false)),
-            Outcome::Existing(None) => Err(StoreError::Unavailable(format!(
-                "key {} conflicted but cannot be read back",
-                record.key()
-            ))),
-            other => Err(unexpected(other)),
-        }
+impl SqlDatabase for SqliteStore {
+    async fn migrate_table(&self, table: Table) -> Result<()> {
+        ask!(self, Op::Migrate { table }, Outcome::Done)
     }
 
-    async fn get(&self, id: &str) -> Result<Option<R>, StoreError> {
-        Ok(self.fetch(Column::Id, id).await?.map(|(record, _)| record))
+    async fn insert(&self, table: Table, id: &str, key: &str, body: String) -> Result<Inserted> {
+        let (id, key) = (id.to_owned(), key.to_owned());
+        ask!(
+            self,
+            Op::Insert {
+                table,
+                id,
+                key,
+                body
+            },
+            Outcome::Inserted
+        )
     }
 
-    async fn get_by_key(&self, key: &str) -> Result<Option<R>, StoreError> {
-        Ok(self
-            .fetch(Column::Key, key)
-            .await?
-            .map(|(record, _)| record))
+    async fn fetch(&self, table: Table, by: Column, value: &str) -> Result<Option<Row>> {
+        let value = value.to_owned();
+        ask!(self, Op::Get { table, by, value }, Outcome::Row)
     }
 
-    async fn update<E, F>(&self, id: &str, transition: F) -> Result<Option<R>, E>
-    where
-        E: From<StoreError> + Send,
-        F: FnMut(&R) -> Result<Option<R>, E> + Send,
-    {
-        update_optimistically(self, id, transition).await
+    async fn write_at(&self, table: Table, id: &str, version: i64, body: String) -> Result<bool> {
+        let id = id.to_owned();
+        ask!(
+            self,
+            Op::Update {
+                table,
+                id,
+                version,
+                body
+            },
+            Outcome::Updated
+        )
     }
 
-    async fn all(&self) -> Result<Vec<R>, StoreError> {
-        match self.store.ask(Op::All { table: R::TABLE }).await? {
-            Outcome::Rows(rows) => rows.iter().map(|body| decode(body)).collect(),
-            other => Err(unexpected(other)),
-        }
+    async fn all(&self, table: Table) -> Result<Vec<String>> {
+        ask!(self, Op::All { table }, Outcome::Rows)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::tests::{Item, contract, item, race};
+    use crate::Repository;
+    use crate::tests::{Item, contract, item, race};
 
     fn temp_dir(name: &str) -> std::path::PathBuf {
         std::env::temp_dir().join(format!("saga-sqlite-{name}-{}", std::process::id()))
@@ -488,6 +419,22 @@ mod tests {
             }
         }
         assert_eq!(rows, 100);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_row_that_does_not_decode_is_corrupt() {
+        let dir = temp_dir("corrupt");
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = open(&dir, Synchronous::Full).await;
+        let repo = store.repository::<Item>();
+        repo.insert_or_get(item("a", "k")).await.unwrap();
+        Connection::open(dir.join("test.sqlite"))
+            .unwrap()
+            .execute("UPDATE items SET body = 'not json'", [])
+            .unwrap();
+        let err = repo.get("a").await.unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

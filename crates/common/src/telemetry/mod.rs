@@ -31,6 +31,10 @@ use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::{EnvFilter, Layer, fmt as tfmt, prelude::*};
 
+mod grpc;
+
+pub use grpc::{GrpcTrace, GrpcTraceLayer};
+
 /// Keeps telemetry alive; [`TelemetryGuard::shutdown`] flushes the last spans.
 #[must_use = "telemetry stops when the guard is dropped"]
 #[derive(Debug)]

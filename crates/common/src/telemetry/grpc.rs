@@ -1,0 +1,99 @@
+//! The server half of trace propagation: one span per gRPC call, parented on the caller's.
+use std::future::Future;
+
+/// Opens the server span of every call as a child of the caller's span (W3C `traceparent` read
+/// from the request headers before the span is entered), named `package.Service/Method`, with
+/// the `rpc.*` attributes and the gRPC status code. The handlers open no spans of their own:
+/// what the domain logs (a decline, a refund, a cancel) becomes an event of this span, and a
+/// trace stays small enough to keep at 100% sampling. Health checks and reflection are not
+/// traced: probes would bury the sagas.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GrpcTraceLayer;
+
+impl<S> tower_layer::Layer<S> for GrpcTraceLayer {
+    type Service = GrpcTrace<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        GrpcTrace { inner }
+    }
+}
+
+/// The service [`GrpcTraceLayer`] wraps around each gRPC service.
+#[derive(Debug, Clone)]
+pub struct GrpcTrace<S> {
+    inner: S,
+}
+
+/// gRPC codes that are the server's fault, the ones that mark a server span as an error
+/// (OpenTelemetry semantic conventions for RPC).
+fn server_error(code: i32) -> bool {
+    use tonic::Code;
+    [
+        Code::Unknown,
+        Code::DeadlineExceeded,
+        Code::Unimplemented,
+        Code::Internal,
+        Code::Unavailable,
+        Code::DataLoss,
+    ]
+    .iter()
+    .any(|c| *c as i32 == code)
+}
+
+impl<S, B, R> tower_service::Service<http::Request<B>> for GrpcTrace<S>
+where
+    S: tower_service::Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        use tracing::Instrument;
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+        let path = request.uri().path().trim_start_matches('/').to_owned();
+        if path.starts_with("grpc.health.") || path.starts_with("grpc.reflection.") {
+            return Box::pin(self.inner.call(request));
+        }
+        let (service, method) = path.split_once('/').unwrap_or((path.as_str(), ""));
+        let span = tracing::info_span!(
+            "grpc.server",
+            otel.name = %path,
+            otel.kind = "server",
+            rpc.system = "grpc",
+            rpc.service = %service,
+            rpc.method = %method,
+            rpc.grpc.status_code = tracing::field::Empty,
+        );
+        // Without an OpenTelemetry layer there is nothing to parent; that is fine.
+        let _ = span.set_parent(super::extract(request.headers()));
+        let future = self.inner.call(request);
+        Box::pin(async move {
+            let result = future.instrument(span.clone()).await;
+            if let Ok(response) = &result {
+                // Unary errors come back trailers-only, so the status is in the headers; a
+                // response without one succeeded.
+                let header =
+                    |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok());
+                let code = header("grpc-status")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                span.record("rpc.grpc.status_code", code);
+                if server_error(code) {
+                    let message = header("grpc-message").unwrap_or_default().to_owned();
+                    span.set_status(opentelemetry::trace::Status::error(message));
+                }
+            }
+            result
+        })
+    }
+}
