@@ -1,5 +1,7 @@
 //! Lose nothing: what a service acknowledged survives its restart, and a batch of sagas survives
-//! `kill -9` of every service in turn and of the orchestrator, on SQLite and on PostgreSQL.
+//! `kill -9` of every service in turn and of the orchestrator, on SQLite and on PostgreSQL. No
+//! saga is left behind: an orchestrator killed for good is made up for by `recover`, also while
+//! live sagas run, and `audit` finds the whole store clean after it.
 //!
 //! PostgreSQL comes from `POSTGRES_TEST_URL` (an admin URL; `scripts/postgres` installs
 //! and starts one and `scripts/test` sets it). Every test makes its own databases.
@@ -232,10 +234,19 @@ const FAULTS: [(&str, &str); 2] = [
 
 impl Services {
     fn start_one(&self, index: usize) -> Process {
+        self.start_one_with(index, &[])
+    }
+
+    fn start_one_with(&self, index: usize, extra: &[(&str, &str)]) -> Process {
         let (name, prefix) = SERVICES[index];
         let faults: Vec<(String, String)> = FAULTS
             .iter()
             .map(|(k, v)| (format!("{prefix}_{k}"), (*v).to_owned()))
+            .chain(
+                extra
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+            )
             .collect();
         let faults: Vec<(&str, &str)> = faults
             .iter()
@@ -250,7 +261,90 @@ impl Services {
         )
     }
 
+    /// Starts the three services, waiting until they serve.
+    async fn start(backends: [Backend; 3]) -> Self {
+        let mut services = Services {
+            ports: [free_port(), free_port(), free_port()],
+            procs: Vec::new(),
+            backends,
+        };
+        for index in 0..3 {
+            let process = services.start_one(index);
+            services.procs.push(process);
+        }
+        for process in &services.procs {
+            assert!(process.wait_serving().await);
+        }
+        services
+    }
+
+    /// `kill -9` of service `index`, and a restart on its data with `extra` settings.
+    async fn restart_with(&mut self, index: usize, extra: &[(&str, &str)]) {
+        kill_9(&mut self.procs[index]);
+        let restarted = self.start_one_with(index, extra);
+        assert!(restarted.wait_serving().await);
+        let old = std::mem::replace(&mut self.procs[index], restarted);
+        std::mem::forget(old); // its data directory is the restarted one's
+    }
+
+    /// Runs the orchestrator to its end: its exit status and what it printed.
+    fn cli(&self, args: &[&str], out: &Path) -> (std::process::ExitStatus, String) {
+        self.cli_with(args, out, &[])
+    }
+
+    fn cli_with(
+        &self,
+        args: &[&str],
+        out: &Path,
+        env: &[(&str, &str)],
+    ) -> (std::process::ExitStatus, String) {
+        let status = self.orchestrator_with(args, out, env).wait().unwrap();
+        (status, std::fs::read_to_string(out).unwrap_or_default())
+    }
+
+    /// `recover --older-than 0s` then `audit`, both over the whole store: every saga settled,
+    /// nothing charged that is not approved, nothing shipping on a cancelled order.
+    fn recover_and_audit(&self, dir: &Path, label: &str) -> serde_json::Value {
+        let (status, printed) = self.cli(
+            &["recover", "--older-than", "0s", "--output", "json"],
+            &dir.join("recover.jsonl"),
+        );
+        let summary = last_json(&printed)["summary"].clone();
+        assert!(status.success(), "recover: {status:?}\n{printed}");
+        let (status, printed) = self.cli(
+            &["audit", "--older-than", "0s", "--output", "json"],
+            &dir.join("audit.json"),
+        );
+        let audit = last_json(&printed)["audit"].clone();
+        println!(
+            "{label}: recover found {} ({} approved, {} compensated, {} stuck); audit: {} orders, \
+             {} approved, {} cancelled, {} pending, {} charged but not approved, \
+             {} started shipments on cancelled orders, {} violations",
+            summary["found"],
+            summary["approved"],
+            summary["compensated"],
+            summary["stuck"],
+            audit["orders"],
+            audit["approved"],
+            audit["cancelled"],
+            audit["pending_stuck"],
+            audit["charged_not_approved"],
+            audit["shipped_cancelled"],
+            audit["violations"].as_array().map_or(0, Vec::len),
+        );
+        assert!(status.success(), "audit: {status:?}\n{printed}");
+        assert_eq!(audit["pending_stuck"], 0, "{audit:#}");
+        assert_eq!(audit["pending_live"], 0, "{audit:#}");
+        assert_eq!(audit["charged_not_approved"], 0, "{audit:#}");
+        assert_eq!(audit["shipped_cancelled"], 0, "{audit:#}");
+        audit
+    }
+
     fn orchestrator(&self, args: &[&str], stdout: &Path) -> Child {
+        self.orchestrator_with(args, stdout, &[])
+    }
+
+    fn orchestrator_with(&self, args: &[&str], stdout: &Path, env: &[(&str, &str)]) -> Child {
         Command::new(binary("saga-orchestrator"))
             .env(
                 "SAGA_ORDER_URL",
@@ -270,6 +364,7 @@ impl Services {
             .env("SAGA_COMPENSATION_RETRY__MAX_ATTEMPTS", "200")
             .env("SAGA_COMPENSATION_RETRY__MAX_BACKOFF_MS", "250")
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .args(args)
             .stdout(std::fs::File::create(stdout).unwrap())
             .stderr(Stdio::null())
@@ -283,18 +378,7 @@ impl Services {
 async fn chaos(backends: [Backend; 3], label: &str) {
     const SAGAS: u64 = 600;
     let deadline = Instant::now() + Duration::from_secs(240);
-    let mut services = Services {
-        ports: [free_port(), free_port(), free_port()],
-        procs: Vec::new(),
-        backends,
-    };
-    for index in 0..3 {
-        let process = services.start_one(index);
-        services.procs.push(process);
-    }
-    for process in &services.procs {
-        assert!(process.wait_serving().await);
-    }
+    let mut services = Services::start(backends).await;
     let out = temp_dir(&format!("chaos-{label}"));
     let (first_out, second_out) = (out.join("first.jsonl"), out.join("second.jsonl"));
     let run_id = format!("chaos-{label}-{}", std::process::id());
@@ -404,6 +488,198 @@ async fn chaos(backends: [Backend; 3], label: &str) {
     );
     assert!(verdict["acknowledged"].as_u64().unwrap() > SAGAS);
     assert_eq!(duplicates, 0);
+
+    // Another run, its orchestrator killed for good: a new run id follows, nobody reruns the
+    // old one, and `recover` settles what it left.
+    let abandoned = format!("{run_id}-abandoned");
+    let args = batch_args(&abandoned, "600", "16");
+    let done = kill_run_after(&services, &args, &out.join("abandoned.jsonl"), 120);
+    let next = format!("{run_id}-next");
+    let (status, _) = services.cli(&batch_args(&next, "60", "16"), &out.join("next.jsonl"));
+    assert!(status.success());
+    services.recover_and_audit(
+        &out,
+        &format!("chaos on {label}, orchestrator killed for good after {done} sagas"),
+    );
+    assert_eq!(duplicate_charges(&services.backends[1]).await, 0);
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// The last JSON line of `printed`.
+fn last_json(printed: &str) -> serde_json::Value {
+    printed
+        .lines()
+        .rev()
+        .find_map(|line| serde_json::from_str(line).ok())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// Kills the orchestrator for good once `after` sagas have ended; returns how many had.
+fn kill_run_after(services: &Services, args: &[&str], out: &Path, after: usize) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut orchestrator = services.orchestrator(args, out);
+    wait_for_lines(out, after, &mut orchestrator, deadline);
+    orchestrator.kill().unwrap(); // SIGKILL
+    orchestrator.wait().unwrap();
+    lines(out)
+}
+
+fn batch_args<'a>(run_id: &'a str, count: &'a str, concurrency: &'a str) -> Vec<&'a str> {
+    vec![
+        "run",
+        "--run-id",
+        run_id,
+        "--mix",
+        "success=80,payment-failure=10,shipping-failure=10",
+        "--count",
+        count,
+        "--concurrency",
+        concurrency,
+        "--output",
+        "json",
+        "--print-sagas",
+        "all",
+        "--verify-sample",
+        "0",
+    ]
+}
+
+/// A batch whose orchestrator is killed with `kill -9` and never rerun: `recover` settles what it
+/// left PENDING, from what the participants hold, and `audit` finds the whole store clean.
+async fn abandoned_batch_is_recovered(backends: [Backend; 3], label: &str) {
+    let services = Services::start(backends).await;
+    let out = temp_dir(&format!("abandoned-{label}"));
+    let run_id = format!("abandoned-{label}-{}", std::process::id());
+    let args = batch_args(&run_id, "3000", "64");
+    let done = kill_run_after(&services, &args, &out.join("run.jsonl"), 300);
+    assert!(done < 3000, "the run finished before it was killed");
+    let audit = services.recover_and_audit(&out, &format!("kill -9 on {label} after {done} sagas"));
+    assert!(audit["orders"].as_u64().unwrap() as usize > done);
+    assert_eq!(duplicate_charges(&services.backends[1]).await, 0);
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_batch_is_recovered_on_sqlite() {
+    let dirs = ["order", "payment", "shipping"]
+        .map(|s| Backend::Sqlite(temp_dir(&format!("abandoned-{s}"))));
+    abandoned_batch_is_recovered(dirs, "sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_batch_is_recovered_on_postgres() {
+    let mut urls = Vec::new();
+    for service in ["order", "payment", "shipping"] {
+        match postgres_database(&format!("abandoned_{service}")).await {
+            Some(url) => urls.push(Backend::Postgres(url)),
+            None => return,
+        }
+    }
+    let backends: [Backend; 3] = urls.try_into().unwrap();
+    abandoned_batch_is_recovered(backends, "postgres").await;
+}
+
+/// `recover --older-than 0s` over and over while a batch runs: the sweeper settles live sagas
+/// under their feet, and still nothing is charged twice, every saga settles once, and the
+/// audit is clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recover_is_safe_while_live_sagas_run() {
+    let dirs =
+        ["order", "payment", "shipping"].map(|s| Backend::Sqlite(temp_dir(&format!("race-{s}"))));
+    let services = Services::start(dirs).await;
+    let out = temp_dir("race");
+    let run_id = format!("race-{}", std::process::id());
+    let args = batch_args(&run_id, "600", "16");
+    let mut batch = services.orchestrator(&args, &out.join("run.jsonl"));
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut passes = 0;
+    let mut settled_live = 0;
+    while batch.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the batch did not finish in time"
+        );
+        let (_, printed) = services.cli(
+            &["recover", "--older-than", "0s", "--output", "json"],
+            &out.join(format!("recover-{passes}.jsonl")),
+        );
+        passes += 1;
+        settled_live += last_json(&printed)["summary"]["found"]
+            .as_u64()
+            .unwrap_or(0);
+    }
+    let status = batch.wait().unwrap();
+    let printed = std::fs::read_to_string(out.join("run.jsonl")).unwrap();
+    assert!(status.success(), "{}", printed.lines().last().unwrap_or(""));
+    assert!(
+        passes > 1,
+        "the batch ended before a sweeper pass ran beside it"
+    );
+    println!("{passes} recover passes beside the batch found {settled_live} live orders");
+    services.recover_and_audit(&out, "recover beside a live batch");
+    assert_eq!(duplicate_charges(&services.backends[1]).await, 0);
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// A refund that keeps failing past its retry budget parks the saga: its order stays PENDING
+/// with the reason, `recover --dry-run` lists it, and the first `recover` after the fault
+/// clears settles it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_compensation_is_settled_once_the_fault_clears() {
+    let dirs =
+        ["order", "payment", "shipping"].map(|s| Backend::Sqlite(temp_dir(&format!("park-{s}"))));
+    let mut services = Services::start(dirs).await;
+    // The payment service refuses every refund for a while.
+    let refunds_fail = [("PAYMENT_FAULTS__STEPS", "RefundPayment=unavailable")];
+    services.restart_with(1, &refunds_fail).await;
+
+    let out = temp_dir("park");
+    let run_id = format!("park-{}", std::process::id());
+    let args = [
+        "run",
+        "--run-id",
+        &run_id,
+        "--scenario",
+        "shipping-failure",
+        "--count",
+        "2",
+        "--output",
+        "json",
+    ];
+    // A short compensation budget, so that it runs out while the fault lasts.
+    let budget = [
+        ("SAGA_COMPENSATION_RETRY__MAX_ATTEMPTS", "3"),
+        ("SAGA_COMPENSATION_RETRY__MAX_BACKOFF_MS", "20"),
+    ];
+    let (_, printed) = services.cli_with(&args, &out.join("run.jsonl"), &budget);
+    let parked = printed
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["outcome"] == "compensation_failed")
+        .count();
+    assert_eq!(parked, 2, "{printed}");
+
+    let (status, listed) = services.cli(
+        &["recover", "--older-than", "0s", "--dry-run"],
+        &out.join("dry-run.txt"),
+    );
+    assert_eq!(status.code(), Some(1), "{listed}");
+    let stuck: Vec<&str> = listed.lines().filter(|l| l.starts_with("STUCK")).collect();
+    assert_eq!(stuck.len(), 2, "{listed}");
+    assert!(
+        stuck.iter().all(|l| l.contains("RefundPayment")),
+        "{listed}"
+    );
+
+    // Still failing: recover cannot settle them, says so, and leaves them PENDING.
+    let again = ["recover", "--older-than", "0s"];
+    let (status, printed) = services.cli_with(&again, &out.join("r1.txt"), &budget);
+    assert_eq!(status.code(), Some(1), "{printed}");
+
+    // The fault clears.
+    services.restart_with(1, &[]).await;
+    let audit = services.recover_and_audit(&out, "parked compensation");
+    assert_eq!(audit["cancelled"], 2, "{audit:#}");
     let _ = std::fs::remove_dir_all(&out);
 }
 

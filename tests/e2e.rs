@@ -86,6 +86,8 @@ fn json_output_is_one_object_per_saga() {
                 "CreateOrder",
                 "ProcessPayment",
                 "StartShipping",
+                // The order is marked failed before anything is undone.
+                "FailOrder",
                 "RefundPayment",
                 "CancelOrder"
             ]

@@ -45,14 +45,16 @@ async fn status(
 async fn health_turns_not_serving_when_shutdown_begins_and_calls_in_flight_finish() {
     let slow = TransientFaults {
         latency_ms: 400,
-        transient_error_rate: 0.0,
+        ..TransientFaults::default()
     };
-    let mut server = support::serve(
-        OrderServiceServer::new(OrderApi::new(Arc::new(Orders::in_memory()), slow)),
+    let mut server = support::serve_with(
+        OrderServiceServer::new(OrderApi::new(Arc::new(Orders::in_memory()))),
         ShutdownSettings {
             drain_delay_ms: 300,
             grace_period_secs: 5,
         },
+        saga_common::settings::Limits::default(),
+        slow.injected(),
     )
     .await;
     let channel = tonic::transport::Endpoint::from_shared(server.url())
@@ -102,10 +104,7 @@ async fn health_turns_not_serving_when_shutdown_begins_and_calls_in_flight_finis
 #[tokio::test]
 async fn unknown_services_are_reported_not_found() {
     let server = support::serve(
-        OrderServiceServer::new(OrderApi::new(
-            Arc::new(Orders::in_memory()),
-            TransientFaults::default(),
-        )),
+        OrderServiceServer::new(OrderApi::new(Arc::new(Orders::in_memory()))),
         support::quick_shutdown(),
     )
     .await;
@@ -120,16 +119,17 @@ async fn unknown_services_are_reported_not_found() {
 async fn overload_is_refused_at_once_and_callers_back_off() {
     let slow = TransientFaults {
         latency_ms: 200,
-        transient_error_rate: 0.0,
+        ..TransientFaults::default()
     };
     let limits = saga_common::settings::Limits {
         max_concurrent_requests: 2,
         request_timeout_ms: 5_000,
     };
-    let server = support::serve_limited(
-        OrderServiceServer::new(OrderApi::new(Arc::new(Orders::in_memory()), slow)),
+    let server = support::serve_with(
+        OrderServiceServer::new(OrderApi::new(Arc::new(Orders::in_memory()))),
         support::quick_shutdown(),
         limits,
+        slow.injected(),
     )
     .await;
     let client = OrderServiceClient::new(support::channel(server.url()).await);

@@ -7,9 +7,9 @@
 //! would fail every case after it. A few cases build on the ones before them (an idempotency key
 //! reused with another body, a second charge for the same order).
 //!
-//! No request message carries an enum field (only the responses do: order, payment and shipment
-//! status), so there is no unknown enum value to send; the raw cases send unknown fields of every
-//! wire type instead, and malformed encodings. The raw cases are hand-encoded gRPC frames sent
+//! One request carries an enum (ListOrders' status), which gets unknown values; the raw cases
+//! send unknown fields of every wire type, and malformed encodings. Field errors must name the
+//! field (`.names`). The raw cases are hand-encoded gRPC frames sent
 //! through the same channel: this package has no `prost` or `bytes` to write a codec with, so a
 //! frame travels as a `String` body and the raw bytes are kept to valid UTF-8 (short messages,
 //! field numbers below 16, ASCII payloads).
@@ -46,6 +46,8 @@ enum Rpc {
     CancelOrder(order::CancelOrderRequest),
     ApproveOrder(order::ApproveOrderRequest),
     GetOrder(order::GetOrderRequest),
+    FailOrder(order::FailOrderRequest),
+    ListOrders(order::ListOrdersRequest),
     ProcessPayment(payment::ProcessPaymentRequest),
     RefundPayment(payment::RefundPaymentRequest),
     GetPayment(payment::GetPaymentRequest),
@@ -73,6 +75,8 @@ struct Case {
     /// Request headers: gRPC metadata for typed calls, plain HTTP/2 headers for raw ones.
     headers: Vec<(&'static str, Vec<u8>)>,
     expect: Code,
+    /// A word the error message must hold: the field at fault.
+    names: Option<&'static str>,
 }
 
 fn case(what: impl Into<String>, rpc: Rpc, expect: Code) -> Case {
@@ -81,10 +85,16 @@ fn case(what: impl Into<String>, rpc: Rpc, expect: Code) -> Case {
         rpc,
         headers: Vec::new(),
         expect,
+        names: None,
     }
 }
 
 impl Case {
+    fn names(mut self, field: &'static str) -> Self {
+        self.names = Some(field);
+        self
+    }
+
     fn header(mut self, name: &'static str, value: impl Into<Vec<u8>>) -> Self {
         self.headers.push((name, value.into()));
         self
@@ -126,6 +136,24 @@ fn get_order_by_key(key: impl Into<String>) -> Rpc {
     Rpc::GetOrder(order::GetOrderRequest {
         target: Some(order::get_order_request::Target::IdempotencyKey(key.into())),
     })
+}
+
+fn list(f: impl FnOnce(&mut order::ListOrdersRequest)) -> Rpc {
+    let mut request = order::ListOrdersRequest::default();
+    f(&mut request);
+    Rpc::ListOrders(request)
+}
+
+fn fail_order(order_id: impl Into<String>, reason: impl Into<String>) -> Rpc {
+    Rpc::FailOrder(order::FailOrderRequest {
+        order_id: order_id.into(),
+        reason: reason.into(),
+    })
+}
+
+/// A page token as ListOrders makes them (hex of its text).
+fn token(text: &str) -> String {
+    text.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
 fn charge(order_id: &str, amount_minor: i64, currency: &str) -> Rpc {
@@ -463,6 +491,150 @@ fn cases() -> Vec<Case> {
             get_order(format!("ord-{}", uuid.replace('-', ""))),
             Invalid,
         ),
+        // ListOrders: the sweeper's and the operator's listing.
+        case(
+            "ListOrders, nothing set (every order, 100 a page)",
+            list(|_| {}),
+            Ok,
+        ),
+        case(
+            "ListOrders, PENDING, 1000 a page",
+            list(|r| {
+                r.status = order::OrderStatus::Pending.into();
+                r.page_size = Some(1000);
+            }),
+            Ok,
+        ),
+        case(
+            "ListOrders, page size 0",
+            list(|r| r.page_size = Some(0)),
+            Invalid,
+        )
+        .names("page_size"),
+        case(
+            "ListOrders, page size 1001",
+            list(|r| r.page_size = Some(1001)),
+            Invalid,
+        )
+        .names("page_size"),
+        case(
+            "ListOrders, page size -1",
+            list(|r| r.page_size = Some(-1)),
+            Invalid,
+        )
+        .names("page_size"),
+        case(
+            "ListOrders, page size i32::MIN",
+            list(|r| r.page_size = Some(i32::MIN)),
+            Invalid,
+        )
+        .names("page_size"),
+        case("ListOrders, status 99", list(|r| r.status = 99), Invalid).names("status"),
+        case("ListOrders, status -1", list(|r| r.status = -1), Invalid).names("status"),
+        case(
+            "ListOrders, garbage page token",
+            list(|r| r.page_token = "not a token".into()),
+            Invalid,
+        )
+        .names("page_token"),
+        case(
+            "ListOrders, odd-length hex page token",
+            list(|r| r.page_token = "abc".into()),
+            Invalid,
+        )
+        .names("page_token"),
+        case(
+            "ListOrders, hex page token of junk",
+            list(|r| r.page_token = token("hello")),
+            Invalid,
+        )
+        .names("page_token"),
+        case(
+            "ListOrders, page token with a bad order id",
+            list(|r| r.page_token = token("v1|||5|ord-nope")),
+            Invalid,
+        )
+        .names("page_token"),
+        case(
+            "ListOrders, page token of another listing (status)",
+            list(|r| r.page_token = token(&format!("v1|pending||5|ord-{uuid}"))),
+            Invalid,
+        )
+        .names("page_token"),
+        case(
+            "ListOrders, page token of this listing",
+            list(|r| r.page_token = token(&format!("v1|||5|ord-{uuid}"))),
+            Ok,
+        ),
+        case(
+            "ListOrders, 1 MB page token",
+            list(|r| r.page_token = "ab".repeat(MB / 2)),
+            Invalid,
+        )
+        .names("page_token"),
+        case(
+            "ListOrders, updated_before in year 10000",
+            list(|r| {
+                r.updated_before = Some(prost_types::Timestamp {
+                    seconds: 253_402_300_800,
+                    nanos: 0,
+                })
+            }),
+            Invalid,
+        )
+        .names("updated_before"),
+        case(
+            "ListOrders, updated_before before year 1",
+            list(|r| {
+                r.updated_before = Some(prost_types::Timestamp {
+                    seconds: i64::MIN,
+                    nanos: 0,
+                })
+            }),
+            Invalid,
+        )
+        .names("updated_before"),
+        case(
+            "ListOrders, updated_before with negative nanos",
+            list(|r| {
+                r.updated_before = Some(prost_types::Timestamp {
+                    seconds: 0,
+                    nanos: -1,
+                })
+            }),
+            Invalid,
+        )
+        .names("updated_before"),
+        case(
+            "ListOrders, updated_before at the epoch (nothing that old)",
+            list(|r| r.updated_before = Some(prost_types::Timestamp::default())),
+            Ok,
+        ),
+        // FailOrder: what a failing saga records.
+        case("FailOrder, empty id", fail_order("", "why"), Invalid).names("order_id"),
+        case(
+            "FailOrder, unknown order",
+            fail_order(fresh_order(), "why"),
+            NotFound,
+        ),
+        case(
+            "FailOrder, empty reason",
+            fail_order(fresh_order(), ""),
+            Invalid,
+        )
+        .names("reason"),
+        case(
+            "FailOrder, 1 MB reason",
+            fail_order(fresh_order(), "r".repeat(MB)),
+            Invalid,
+        )
+        .names("reason"),
+        case(
+            "FailOrder, reason with control characters",
+            fail_order(fresh_order(), "a\u{0}b"),
+            Invalid,
+        )
+        .names("reason"),
         case(
             "CancelOrder, unknown order, 1 MB reason",
             Rpc::CancelOrder(order::CancelOrderRequest {
@@ -1053,6 +1225,8 @@ async fn run(c: &mut Clients, rpc: Rpc, headers: &[(&'static str, Vec<u8>)]) -> 
         Rpc::CancelOrder(r) => outcome(c.order.cancel_order(request(r, h)).await),
         Rpc::ApproveOrder(r) => outcome(c.order.approve_order(request(r, h)).await),
         Rpc::GetOrder(r) => outcome(c.order.get_order(request(r, h)).await),
+        Rpc::FailOrder(r) => outcome(c.order.fail_order(request(r, h)).await),
+        Rpc::ListOrders(r) => outcome(c.order.list_orders(request(r, h)).await),
         Rpc::ProcessPayment(r) => outcome(c.payment.process_payment(request(r, h)).await),
         Rpc::RefundPayment(r) => outcome(c.payment.refund_payment(request(r, h)).await),
         Rpc::GetPayment(r) => outcome(c.payment.get_payment(request(r, h)).await),
@@ -1087,6 +1261,7 @@ async fn hostile_requests_get_exact_codes_and_the_services_keep_serving() {
         rpc,
         headers,
         expect,
+        names,
     } in cases
     {
         let call = run(&mut clients, rpc, &headers);
@@ -1094,11 +1269,16 @@ async fn hostile_requests_get_exact_codes_and_the_services_keep_serving() {
             Ok(outcome) => outcome,
             Err(_) => (Code::DeadlineExceeded, "no answer in 20 s".to_owned()),
         };
-        let mark = if code == expect { "ok  " } else { "FAIL" };
+        let named = names.is_none_or(|field| message.contains(field));
+        let mark = if code == expect && named {
+            "ok  "
+        } else {
+            "FAIL"
+        };
         println!("{mark} {what}: {code:?} {}", shorten(&message));
-        if code != expect {
+        if code != expect || !named {
             failures.push(format!(
-                "{what}: expected {expect:?}, got {code:?} ({})",
+                "{what}: expected {expect:?} naming {names:?}, got {code:?} ({})",
                 shorten(&message)
             ));
         }

@@ -131,7 +131,7 @@ async fn shipping_failure_refunds_and_cancels() {
         .filter(|s| s.compensation)
         .map(|s| s.step)
         .collect();
-    assert_eq!(compensations, ["RefundPayment", "CancelOrder"]);
+    assert_eq!(compensations, ["FailOrder", "RefundPayment", "CancelOrder"]);
 }
 
 #[tokio::test]
@@ -218,7 +218,7 @@ async fn mutating_calls_are_idempotent() {
 async fn half_of_all_calls_failing_transiently_still_converges() {
     let flaky = TransientFaults {
         transient_error_rate: 0.5,
-        latency_ms: 0,
+        ..TransientFaults::default()
     };
     let flaky_business = BusinessFaults {
         transient_error_rate: 0.5,
@@ -332,7 +332,12 @@ async fn a_shipment_whose_outcome_is_unknown_is_cancelled_and_refunded() {
         .collect();
     assert_eq!(
         compensations,
-        ["CancelShipping", "RefundPayment", "CancelOrder"]
+        [
+            "FailOrder",
+            "CancelShipping",
+            "RefundPayment",
+            "CancelOrder"
+        ]
     );
     assert!(report.is_ok(), "{report:#?}");
     for shipment in cluster.shipments_all().await {
@@ -365,13 +370,17 @@ async fn an_unreachable_service_fails_the_saga_with_a_clear_reason() {
     assert!(!report.is_ok());
     let reason = report.reason.unwrap();
     assert!(reason.contains("Unavailable"), "{reason}");
-    // The order was still cancelled: nothing will ship for it.
+    // The order is parked: PENDING with the reason, for `recover`, and marked failed, so
+    // nothing approves it meanwhile.
     let order = cluster
         .orders
         .get(report.order_id.as_deref().unwrap())
         .await
         .unwrap();
-    assert_eq!(order.status, order_service::orders::OrderStatus::Cancelled);
+    assert_eq!(order.status, order_service::orders::OrderStatus::Pending);
+    assert_eq!(order.failure_count, 2, "{order:?}");
+    let last_error = order.last_error.unwrap_or_default();
+    assert!(last_error.contains("RefundPayment"), "{last_error}");
 }
 
 #[tokio::test]

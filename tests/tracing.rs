@@ -146,7 +146,7 @@ fn check_saga_trace(trace: &[Received], saga: &serde_json::Value, parent: Option
             assert!(events("payment declined") && events("order cancelled"));
         }
         "shipping_failed" => {
-            assert_eq!(compensations, ["RefundPayment", "CancelOrder"]);
+            assert_eq!(compensations, ["FailOrder", "RefundPayment", "CancelOrder"]);
             assert_eq!(failed, ["StartShipping"]);
             assert!(root.is_error() && root.status_message().contains("FAILED"));
             assert!(

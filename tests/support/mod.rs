@@ -12,7 +12,7 @@ use order_service::OrderApi;
 use order_service::orders::Orders;
 use payment_service::PaymentApi;
 use payment_service::payments::Payments;
-use saga_common::faults::{BusinessFaults, TransientFaults};
+use saga_common::faults::{BusinessFaults, InjectedFaults, TransientFaults};
 use saga_common::settings::ShutdownSettings;
 use saga_orchestrator::OrchestratorSettings;
 use saga_orchestrator::grpc::GrpcParticipants;
@@ -80,6 +80,19 @@ pub async fn serve_limited<S>(
 where
     S: saga_common::server::GrpcService,
 {
+    serve_with(service, shutdown, limits, InjectedFaults::default()).await
+}
+
+/// As [`serve`], with overload limits and injected faults.
+pub async fn serve_with<S>(
+    service: S,
+    shutdown: ShutdownSettings,
+    limits: saga_common::settings::Limits,
+    faults: InjectedFaults,
+) -> Server
+where
+    S: saga_common::server::GrpcService,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
@@ -90,6 +103,7 @@ where
         let options = saga_common::server::ServeOptions {
             shutdown,
             limits,
+            faults,
             ..Default::default()
         };
         saga_common::server::serve(service, listener, options, signal)
@@ -148,19 +162,29 @@ impl Cluster {
         let orders = Arc::new(Orders::in_memory());
         let payments = Arc::new(Payments::in_memory());
         let shipments = Arc::new(Shipments::in_memory());
-        let order = serve(
-            OrderServiceServer::new(OrderApi::new(orders.clone(), faults.order)),
+        let limits = saga_common::settings::Limits::default;
+        let order = serve_with(
+            OrderServiceServer::new(OrderApi::new(orders.clone())),
             quick_shutdown(),
+            limits(),
+            faults.order.injected(),
         )
         .await;
-        let payment = serve(
-            PaymentServiceServer::new(PaymentApi::new(payments.clone(), faults.payment)),
+        let payment = serve_with(
+            PaymentServiceServer::new(PaymentApi::new(payments.clone(), faults.payment.clone())),
             quick_shutdown(),
+            limits(),
+            faults.payment.transient().injected(),
         )
         .await;
-        let shipping = serve(
-            ShippingServiceServer::new(ShippingApi::new(shipments.clone(), faults.shipping)),
+        let shipping = serve_with(
+            ShippingServiceServer::new(ShippingApi::new(
+                shipments.clone(),
+                faults.shipping.clone(),
+            )),
             quick_shutdown(),
+            limits(),
+            faults.shipping.transient().injected(),
         )
         .await;
         Self {
@@ -315,6 +339,7 @@ impl Process {
             .stdout(std::process::Stdio::null())
             // A file, not a pipe nobody reads: a busy service would block on a full pipe.
             .stderr(std::fs::File::create(data_dir.join("stderr.log")).unwrap());
+        // The order service is left strict: tests/faults.rs checks that it refuses faults then.
         if prefix != "ORDER" {
             command.env(format!("{prefix}_FAULTS__ALLOW_INJECTION"), "true");
         }

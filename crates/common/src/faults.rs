@@ -33,7 +33,7 @@ pub enum FaultKind {
     Unavailable,
     /// The call takes effect, then its reply is lost (UNAVAILABLE).
     LostReply,
-    /// No answer until past the caller's deadline (then the call runs, if still wanted).
+    /// No answer until past the caller's deadline, and no effect.
     Hang,
     /// The process exits right after the call's effect is committed.
     Crash,
@@ -282,8 +282,12 @@ where
                     return Ok(Status::failed_precondition(refused).into_http());
                 }
                 Some(FaultKind::Hang) => {
+                    // Stuck before doing anything: the call never takes effect.
                     tracing::warn!(rpc, "injected fault: hanging past the caller's deadline");
                     tokio::time::sleep(hang + Duration::from_millis(500)).await;
+                    return Ok(
+                        Status::unavailable("injected fault: hung past the deadline").into_http(),
+                    );
                 }
                 _ => {}
             }
@@ -388,16 +392,6 @@ impl TransientFaults {
             Ok(Transient::After)
         }
     }
-}
-
-/// Runs one call under `faults`: latency, a transient error before, or a lost reply after.
-pub async fn guarded<T>(
-    faults: &TransientFaults,
-    call: impl std::future::Future<Output = Result<T, Status>>,
-) -> Result<tonic::Response<T>, Status> {
-    // `call` is lazy: nothing of it runs before the latency and the first draw.
-    let transient = faults.enter().await?;
-    transient.exit(call.await).map(tonic::Response::new)
 }
 
 /// The error an injected transient fault answers with.

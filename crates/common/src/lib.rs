@@ -11,6 +11,7 @@ pub mod server;
 pub mod settings;
 pub mod shutdown;
 pub mod telemetry;
+pub mod time;
 pub mod validate;
 
 pub use error::{Classify, ErrorKind};

@@ -58,6 +58,8 @@ pub struct ServeOptions {
     pub tls: Option<tonic::transport::ServerTlsConfig>,
     /// Plaintext health for probes when the main port speaks TLS.
     pub health_listener: Option<TcpListener>,
+    /// Faults injected around every RPC (none by default).
+    pub faults: crate::faults::InjectedFaults,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +91,7 @@ where
         limits,
         tls,
         health_listener,
+        faults,
     } = options;
     let (reporter, health) = tonic_health::server::health_reporter();
     // The probe port shares the reporter: it turns NOT_SERVING with the main one, and keeps
@@ -125,7 +128,9 @@ where
         .concurrency_limit_per_connection(limits.max_concurrent_requests.max(1))
         .load_shed(true)
         .timeout(Duration::from_millis(limits.request_timeout_ms.max(1)))
+        // Outermost first: an injected fault shows in the call's server span.
         .layer(GrpcTraceLayer)
+        .layer(crate::faults::FaultLayer::new(faults))
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_alpha)
@@ -272,6 +277,7 @@ where
         limits: settings.limits,
         tls,
         health_listener,
+        faults: settings.faults.injected(),
     };
     let service = make(&settings, store);
     let served = serve(service, listener, options, crate::shutdown::signal()).await;

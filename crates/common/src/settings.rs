@@ -125,20 +125,27 @@ impl<F: FaultSettings, St: DeserializeOwned + Default> Settings for ServiceSetti
     }
 }
 
-/// Fault settings that can check themselves.
+/// Fault settings that can check themselves, and say what the server injects.
 pub trait FaultSettings: DeserializeOwned + Default {
     fn check(&self) -> Result<(), String>;
+    fn injected(&self) -> crate::faults::InjectedFaults;
 }
 
 impl FaultSettings for crate::faults::TransientFaults {
     fn check(&self) -> Result<(), String> {
         crate::faults::TransientFaults::check(self)
     }
+    fn injected(&self) -> crate::faults::InjectedFaults {
+        crate::faults::TransientFaults::injected(self)
+    }
 }
 
 impl FaultSettings for crate::faults::BusinessFaults {
     fn check(&self) -> Result<(), String> {
         crate::faults::BusinessFaults::check(self)
+    }
+    fn injected(&self) -> crate::faults::InjectedFaults {
+        self.transient().injected()
     }
 }
 

@@ -264,7 +264,9 @@ impl Participants for FakeParticipants {
             orders.sort_by_key(key);
             // The token is an offset: enough for a fake whose orders do not move under a test.
             let start: usize = request.page_token.parse().unwrap_or(0);
-            let size = usize::try_from(request.page_size).unwrap_or(0).max(1);
+            let size = usize::try_from(request.page_size.unwrap_or(100))
+                .unwrap_or(0)
+                .max(1);
             let page: Vec<_> = orders.iter().skip(start).take(size).cloned().collect();
             let next = start + page.len();
             Ok(order::ListOrdersResponse {

@@ -35,7 +35,7 @@ pub async fn list_orders<P: Participants>(
         let request = order::ListOrdersRequest {
             status: status.map_or(0, i32::from),
             updated_before: updated_before.map(prost_types::Timestamp::from),
-            page_size: PAGE_SIZE,
+            page_size: Some(PAGE_SIZE),
             page_token: page_token.clone(),
         };
         let (page, _) = policy

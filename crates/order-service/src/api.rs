@@ -1,33 +1,65 @@
-//! gRPC adapter: proto in, domain call, proto out. No business rules here.
+//! gRPC adapter: proto in, domain call, proto out. No business rules here; injected faults are
+//! the server's `FaultLayer`.
 use std::sync::Arc;
 
 use saga_common::error::to_status;
-use saga_common::faults::{TransientFaults, guarded};
+use saga_common::time::{micros, timestamp};
+use saga_common::validate::ValidationError;
 use saga_proto::order::v1 as pb;
 use saga_proto::order::v1::order_service_server::{OrderService, OrderServiceServer};
 use saga_store::Store;
 use tonic::{Request, Response, Status};
 
 use crate::OrderSettings;
-use crate::orders::{LineItem, NewOrder, Order, OrderError, OrderStatus, Orders};
+use crate::orders::{
+    DEFAULT_PAGE_SIZE, LineItem, NewOrder, Order, OrderError, OrderQuery, OrderStatus, Orders,
+};
 
 /// The OrderService implementation.
 #[derive(Debug, Clone)]
 pub struct OrderApi {
     orders: Arc<Orders>,
-    faults: TransientFaults,
 }
 
 impl OrderApi {
-    pub fn new(orders: Arc<Orders>, faults: TransientFaults) -> Self {
-        Self { orders, faults }
+    pub fn new(orders: Arc<Orders>) -> Self {
+        Self { orders }
     }
 
     /// The server the binary runs, over the store its settings chose.
-    pub fn server(settings: &OrderSettings, store: Store<Order>) -> OrderServiceServer<Self> {
-        let orders = Arc::new(Orders::new(store));
-        OrderServiceServer::new(Self::new(orders, settings.faults.clone()))
+    pub fn server(_settings: &OrderSettings, store: Store<Order>) -> OrderServiceServer<Self> {
+        OrderServiceServer::new(Self::new(Arc::new(Orders::new(store))))
     }
+}
+
+/// ListOrders' request, checked.
+fn order_query(request: pb::ListOrdersRequest) -> Result<OrderQuery, ValidationError> {
+    let status = match pb::OrderStatus::try_from(request.status) {
+        Ok(pb::OrderStatus::Unspecified) => None,
+        Ok(pb::OrderStatus::Pending) => Some(OrderStatus::Pending),
+        Ok(pb::OrderStatus::Approved) => Some(OrderStatus::Approved),
+        Ok(pb::OrderStatus::Cancelled) => Some(OrderStatus::Cancelled),
+        Err(_) => {
+            let message = format!("must be an OrderStatus, got {}", request.status);
+            return Err(ValidationError::new("status", message));
+        }
+    };
+    let updated_before = request
+        .updated_before
+        .map(|time| micros("updated_before", &time))
+        .transpose()?;
+    let page_size = match request.page_size {
+        None => DEFAULT_PAGE_SIZE,
+        Some(size) => usize::try_from(size).map_err(|_| {
+            ValidationError::new("page_size", format!("must be from 1 to 1000, got {size}"))
+        })?,
+    };
+    Ok(OrderQuery {
+        status,
+        updated_before,
+        page_size,
+        page_token: request.page_token,
+    })
 }
 
 fn reply(result: Result<Order, OrderError>) -> Result<pb::Order, Status> {
@@ -47,11 +79,10 @@ impl OrderService for OrderApi {
             currency: req.currency,
             items: req.items.into_iter().map(LineItem::from).collect(),
         };
-        guarded(&self.faults, async {
-            let order = reply(self.orders.create(new).await)?;
-            Ok(pb::CreateOrderResponse { order: Some(order) })
-        })
-        .await
+        let order = reply(self.orders.create(new).await)?;
+        Ok(Response::new(pb::CreateOrderResponse {
+            order: Some(order),
+        }))
     }
 
     async fn cancel_order(
@@ -59,11 +90,10 @@ impl OrderService for OrderApi {
         request: Request<pb::CancelOrderRequest>,
     ) -> Result<Response<pb::CancelOrderResponse>, Status> {
         let req = request.into_inner();
-        guarded(&self.faults, async {
-            let order = reply(self.orders.cancel(&req.order_id, &req.reason).await)?;
-            Ok(pb::CancelOrderResponse { order: Some(order) })
-        })
-        .await
+        let order = reply(self.orders.cancel(&req.order_id, &req.reason).await)?;
+        Ok(Response::new(pb::CancelOrderResponse {
+            order: Some(order),
+        }))
     }
 
     async fn approve_order(
@@ -71,11 +101,36 @@ impl OrderService for OrderApi {
         request: Request<pb::ApproveOrderRequest>,
     ) -> Result<Response<pb::ApproveOrderResponse>, Status> {
         let req = request.into_inner();
-        guarded(&self.faults, async {
-            let order = reply(self.orders.approve(&req.order_id).await)?;
-            Ok(pb::ApproveOrderResponse { order: Some(order) })
-        })
-        .await
+        let order = reply(self.orders.approve(&req.order_id).await)?;
+        Ok(Response::new(pb::ApproveOrderResponse {
+            order: Some(order),
+        }))
+    }
+
+    async fn fail_order(
+        &self,
+        request: Request<pb::FailOrderRequest>,
+    ) -> Result<Response<pb::FailOrderResponse>, Status> {
+        let req = request.into_inner();
+        let order = reply(self.orders.fail(&req.order_id, &req.reason).await)?;
+        Ok(Response::new(pb::FailOrderResponse { order: Some(order) }))
+    }
+
+    async fn list_orders(
+        &self,
+        request: Request<pb::ListOrdersRequest>,
+    ) -> Result<Response<pb::ListOrdersResponse>, Status> {
+        let query = order_query(request.into_inner())
+            .map_err(|err| to_status(&OrderError::Invalid(err)))?;
+        let page = self
+            .orders
+            .list(&query)
+            .await
+            .map_err(|err| to_status(&err))?;
+        Ok(Response::new(pb::ListOrdersResponse {
+            orders: page.orders.into_iter().map(pb::Order::from).collect(),
+            next_page_token: page.next_page_token,
+        }))
     }
 
     async fn get_order(
@@ -87,16 +142,13 @@ impl OrderService for OrderApi {
             .into_inner()
             .target
             .ok_or_else(|| Status::invalid_argument("set either order_id or idempotency_key"))?;
-        guarded(&self.faults, async {
-            let order = match &target {
-                Target::OrderId(id) => self.orders.get(id).await,
-                Target::IdempotencyKey(key) => self.orders.get_by_key(key).await,
-            };
-            Ok(pb::GetOrderResponse {
-                order: Some(reply(order)?),
-            })
-        })
-        .await
+        let order = match &target {
+            Target::OrderId(id) => self.orders.get(id).await,
+            Target::IdempotencyKey(key) => self.orders.get_by_key(key).await,
+        };
+        Ok(Response::new(pb::GetOrderResponse {
+            order: Some(reply(order)?),
+        }))
     }
 }
 
@@ -134,6 +186,10 @@ impl From<Order> for pb::Order {
             status: status.into(),
             cancel_reason: order.cancel_reason.unwrap_or_default(),
             idempotency_key: order.idempotency_key,
+            create_time: timestamp(order.created_at),
+            update_time: timestamp(order.updated_at),
+            last_error: order.last_error.unwrap_or_default(),
+            failure_count: order.failure_count,
         }
     }
 }

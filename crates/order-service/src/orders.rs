@@ -1,7 +1,9 @@
-//! Orders: creation with an idempotency key, and the PENDING → APPROVED | CANCELLED lifecycle.
+//! Orders: creation with an idempotency key, the PENDING → APPROVED | CANCELLED lifecycle, the
+//! record of a failed saga (which only a cancel can settle), and listing for the sweeper.
+use saga_common::time::now_micros;
 use saga_common::validate::{self, ValidationError};
 use saga_common::{Classify, ErrorKind, IdKind};
-use saga_store::{Record, Repository, Store, StoreError};
+use saga_store::{ListQuery, Record, Repository, Store, StoreError};
 use serde::{Deserialize, Serialize};
 
 /// Longest user id, sku and idempotency key accepted.
@@ -9,12 +11,28 @@ pub const MAX_ID_LEN: usize = 128;
 pub const MAX_SKU_LEN: usize = 64;
 /// Most lines in one order.
 pub const MAX_ITEMS: usize = 100;
+/// Longest failure reason kept.
+pub const MAX_REASON_LEN: usize = 1024;
+/// Orders per page: the default, and the most.
+pub const DEFAULT_PAGE_SIZE: usize = 100;
+pub const MAX_PAGE_SIZE: usize = 1000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OrderStatus {
     Pending,
     Approved,
     Cancelled,
+}
+
+impl OrderStatus {
+    /// The stored, indexed name.
+    pub fn name(self) -> &'static str {
+        match self {
+            OrderStatus::Pending => "pending",
+            OrderStatus::Approved => "approved",
+            OrderStatus::Cancelled => "cancelled",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,6 +52,17 @@ pub struct Order {
     pub total_minor: i64,
     pub status: OrderStatus,
     pub cancel_reason: Option<String>,
+    /// Microseconds since the epoch; 0 on orders written before times were kept.
+    #[serde(default)]
+    pub created_at: i64,
+    #[serde(default)]
+    pub updated_at: i64,
+    /// Why the order's saga failed, as last recorded.
+    #[serde(default)]
+    pub last_error: Option<String>,
+    /// How many failures were recorded.
+    #[serde(default)]
+    pub failure_count: u32,
 }
 
 impl Record for Order {
@@ -44,6 +73,94 @@ impl Record for Order {
     fn key(&self) -> &str {
         &self.idempotency_key
     }
+    fn status(&self) -> &'static str {
+        self.status.name()
+    }
+    fn updated_at(&self) -> i64 {
+        self.updated_at
+    }
+}
+
+impl Order {
+    /// This order, changed now.
+    fn changed(&self, change: impl FnOnce(&mut Order)) -> Order {
+        let mut next = self.clone();
+        change(&mut next);
+        next.updated_at = now_micros().max(self.updated_at + 1);
+        next
+    }
+}
+
+/// Which orders to list: ListOrders' request, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderQuery {
+    pub status: Option<OrderStatus>,
+    /// Microseconds since the epoch.
+    pub updated_before: Option<i64>,
+    pub page_size: usize,
+    /// The previous page's `next_page_token`, or empty.
+    pub page_token: String,
+}
+
+/// A page of orders and the token of the next one (empty on the last page).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderPage {
+    pub orders: Vec<Order>,
+    pub next_page_token: String,
+}
+
+/// The token of the page after `last`: where it ended and which query it belongs to, hex so
+/// that nobody mistakes it for something to edit.
+fn page_token(query: &OrderQuery, last: &Order) -> String {
+    let status = query.status.map_or("", OrderStatus::name);
+    let before = query
+        .updated_before
+        .map_or(String::new(), |b| b.to_string());
+    let text = format!("v1|{status}|{before}|{}|{}", last.updated_at, last.id);
+    text.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Where the page of `token` starts, if the token is one of ours for this same query.
+fn page_start(query: &OrderQuery) -> Result<Option<(i64, String)>, ValidationError> {
+    if query.page_token.is_empty() {
+        return Ok(None);
+    }
+    let invalid = || {
+        ValidationError::new(
+            "page_token",
+            "is not a next_page_token of ListOrders; start again with an empty one",
+        )
+    };
+    let token = &query.page_token;
+    if token.len() > 1024 || !token.len().is_multiple_of(2) {
+        return Err(invalid());
+    }
+    let bytes = (0..token.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(token.get(i..i + 2).unwrap_or("zz"), 16))
+        .collect::<Result<Vec<u8>, _>>()
+        .map_err(|_| invalid())?;
+    let text = String::from_utf8(bytes).map_err(|_| invalid())?;
+    let parts: Vec<&str> = text.split('|').collect();
+    let [version, status, before, at, id] = parts.as_slice() else {
+        return Err(invalid());
+    };
+    let same_query = *status == query.status.map_or("", OrderStatus::name)
+        && *before
+            == query
+                .updated_before
+                .map_or(String::new(), |b| b.to_string());
+    if *version != "v1" || IdKind::Order.check("page_token", id).is_err() {
+        return Err(invalid());
+    }
+    if !same_query {
+        return Err(ValidationError::new(
+            "page_token",
+            "belongs to a listing with another status or updated_before; pass the same ones",
+        ));
+    }
+    let at: i64 = at.parse().map_err(|_| invalid())?;
+    Ok(Some((at, (*id).to_owned())))
 }
 
 /// What a client asks for in CreateOrder.
@@ -71,6 +188,8 @@ pub enum OrderError {
         from: OrderStatus,
         action: &'static str,
     },
+    #[error("order {id} cannot be approved: its saga failed ({reason}); only a cancel settles it")]
+    SagaFailed { id: String, reason: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -80,9 +199,9 @@ impl Classify for OrderError {
         match self {
             OrderError::Invalid(_) => ErrorKind::InvalidArgument,
             OrderError::NotFound(_) => ErrorKind::NotFound,
-            OrderError::KeyReused(_) | OrderError::IllegalTransition { .. } => {
-                ErrorKind::FailedPrecondition
-            }
+            OrderError::KeyReused(_)
+            | OrderError::IllegalTransition { .. }
+            | OrderError::SagaFailed { .. } => ErrorKind::FailedPrecondition,
             OrderError::Store(err) => err.kind(),
         }
     }
@@ -160,6 +279,10 @@ impl<R: Repository<Order>> Orders<R> {
             total_minor,
             status: OrderStatus::Pending,
             cancel_reason: None,
+            created_at: now_micros(),
+            updated_at: now_micros(),
+            last_error: None,
+            failure_count: 0,
         };
         let (stored, inserted) = self.repo.insert_or_get(candidate.clone()).await?;
         let same_body = stored.user_id == candidate.user_id
@@ -179,11 +302,10 @@ impl<R: Repository<Order>> Orders<R> {
         IdKind::Order.check("order_id", id)?;
         let reason = validate::shorten(reason);
         self.transition(id, |order: &Order| match order.status {
-            OrderStatus::Pending => Ok(Some(Order {
-                status: OrderStatus::Cancelled,
-                cancel_reason: Some(reason.clone()),
-                ..order.clone()
-            })),
+            OrderStatus::Pending => Ok(Some(order.changed(|next| {
+                next.status = OrderStatus::Cancelled;
+                next.cancel_reason = Some(reason.clone());
+            }))),
             OrderStatus::Cancelled => Ok(None),
             OrderStatus::Approved => Err(illegal(order, "cancelled")),
         })
@@ -191,19 +313,75 @@ impl<R: Repository<Order>> Orders<R> {
         .inspect(|order| tracing::info!(order_id = %order.id, "order cancelled"))
     }
 
-    /// PENDING → APPROVED; APPROVED stays; CANCELLED is refused.
+    /// PENDING → APPROVED; APPROVED stays; CANCELLED, or PENDING after a failed saga, is
+    /// refused.
     pub async fn approve(&self, id: &str) -> Result<Order, OrderError> {
         IdKind::Order.check("order_id", id)?;
-        self.transition(id, |order: &Order| match order.status {
-            OrderStatus::Pending => Ok(Some(Order {
-                status: OrderStatus::Approved,
-                ..order.clone()
-            })),
-            OrderStatus::Approved => Ok(None),
-            OrderStatus::Cancelled => Err(illegal(order, "approved")),
+        self.transition(id, |order: &Order| {
+            match (order.status, &order.last_error) {
+                (OrderStatus::Pending, Some(reason)) => Err(OrderError::SagaFailed {
+                    id: order.id.clone(),
+                    reason: reason.clone(),
+                }),
+                (OrderStatus::Pending, None) => Ok(Some(order.changed(|next| {
+                    next.status = OrderStatus::Approved;
+                }))),
+                (OrderStatus::Approved, _) => Ok(None),
+                (OrderStatus::Cancelled, _) => Err(illegal(order, "approved")),
+            }
         })
         .await
         .inspect(|order| tracing::info!(order_id = %order.id, "order approved"))
+    }
+
+    /// Records that the order's saga failed: PENDING stays PENDING, no longer approvable, with
+    /// the reason and one more failure counted; CANCELLED stays as it is; APPROVED is refused
+    /// (the saga completed).
+    pub async fn fail(&self, id: &str, reason: &str) -> Result<Order, OrderError> {
+        IdKind::Order.check("order_id", id)?;
+        validate::text("reason", reason, MAX_REASON_LEN)?;
+        self.transition(id, |order: &Order| match order.status {
+            OrderStatus::Pending => Ok(Some(order.changed(|next| {
+                next.last_error = Some(reason.to_owned());
+                next.failure_count = next.failure_count.saturating_add(1);
+            }))),
+            OrderStatus::Cancelled => Ok(None),
+            OrderStatus::Approved => Err(illegal(order, "failed")),
+        })
+        .await
+        .inspect(|order| {
+            tracing::info!(order_id = %order.id, failures = order.failure_count, %reason, "order's saga failed");
+        })
+    }
+
+    /// A page of orders, oldest update first.
+    pub async fn list(&self, query: &OrderQuery) -> Result<OrderPage, OrderError> {
+        if query.page_size == 0 || query.page_size > MAX_PAGE_SIZE {
+            return Err(ValidationError::new(
+                "page_size",
+                format!("must be from 1 to {MAX_PAGE_SIZE}, got {}", query.page_size),
+            )
+            .into());
+        }
+        let after = page_start(query)?;
+        let listing = ListQuery {
+            status: query.status.map(OrderStatus::name),
+            updated_before: query.updated_before,
+            after,
+            // One more than asked tells whether another page follows.
+            limit: query.page_size + 1,
+        };
+        let mut orders = self.repo.list(&listing).await?;
+        let more = orders.len() > query.page_size;
+        orders.truncate(query.page_size);
+        let next_page_token = match orders.last() {
+            Some(last) if more => page_token(query, last),
+            _ => String::new(),
+        };
+        Ok(OrderPage {
+            orders,
+            next_page_token,
+        })
     }
 
     pub async fn get(&self, id: &str) -> Result<Order, OrderError> {

@@ -3,7 +3,8 @@
 use std::sync::Arc;
 
 use saga_common::error::to_status;
-use saga_common::faults::{BusinessFaults, guarded};
+use saga_common::faults::BusinessFaults;
+use saga_common::time::timestamp;
 use saga_proto::payment::v1 as pb;
 use saga_proto::payment::v1::payment_service_server::{PaymentService, PaymentServiceServer};
 use saga_store::{Store, Target};
@@ -47,18 +48,15 @@ impl PaymentService for PaymentApi {
         &self,
         request: Request<pb::ProcessPaymentRequest>,
     ) -> Result<Response<pb::ProcessPaymentResponse>, Status> {
-        let decline = self.faults.business_failure(request.metadata())?;
+        let decline = self.faults.business_failure_of(&request)?;
         let req = request.into_inner();
         let charge = Charge {
             order_id: req.order_id,
             amount_minor: req.amount_minor,
             currency: req.currency,
         };
-        guarded(&self.faults.transient(), async {
-            let payment = reply(self.payments.process(charge, decline).await)?;
-            Ok(pb::ProcessPaymentResponse { payment })
-        })
-        .await
+        let payment = reply(self.payments.process(charge, decline).await)?;
+        Ok(Response::new(pb::ProcessPaymentResponse { payment }))
     }
 
     async fn refund_payment(
@@ -66,11 +64,8 @@ impl PaymentService for PaymentApi {
         request: Request<pb::RefundPaymentRequest>,
     ) -> Result<Response<pb::RefundPaymentResponse>, Status> {
         let target = target(request.into_inner().target.map(refund_target))?;
-        guarded(&self.faults.transient(), async {
-            let payment = reply(self.payments.refund(&target).await)?;
-            Ok(pb::RefundPaymentResponse { payment })
-        })
-        .await
+        let payment = reply(self.payments.refund(&target).await)?;
+        Ok(Response::new(pb::RefundPaymentResponse { payment }))
     }
 
     async fn get_payment(
@@ -78,11 +73,8 @@ impl PaymentService for PaymentApi {
         request: Request<pb::GetPaymentRequest>,
     ) -> Result<Response<pb::GetPaymentResponse>, Status> {
         let target = target(request.into_inner().target.map(get_target))?;
-        guarded(&self.faults.transient(), async {
-            let payment = reply(self.payments.get(&target).await)?;
-            Ok(pb::GetPaymentResponse { payment })
-        })
-        .await
+        let payment = reply(self.payments.get(&target).await)?;
+        Ok(Response::new(pb::GetPaymentResponse { payment }))
     }
 }
 
@@ -117,6 +109,8 @@ impl From<Payment> for pb::Payment {
             currency: payment.currency,
             status: status.into(),
             decline_reason: payment.decline_reason.unwrap_or_default(),
+            create_time: timestamp(payment.created_at),
+            update_time: timestamp(payment.updated_at),
         }
     }
 }

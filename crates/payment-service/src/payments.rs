@@ -2,6 +2,7 @@
 //!
 //! The order id is the idempotency key: at most one payment per order, so a repeated
 //! ProcessPayment returns the first payment and never charges twice.
+use saga_common::time::now_micros;
 use saga_common::validate::{self, ValidationError};
 use saga_common::{Classify, ErrorKind, IdKind};
 use saga_store::{Record, Repository, Store, StoreError, Target, find};
@@ -24,6 +25,11 @@ pub struct Payment {
     pub currency: String,
     pub status: PaymentStatus,
     pub decline_reason: Option<String>,
+    /// Microseconds since the epoch; 0 on payments written before times were kept.
+    #[serde(default)]
+    pub created_at: i64,
+    #[serde(default)]
+    pub updated_at: i64,
 }
 
 impl Record for Payment {
@@ -33,6 +39,17 @@ impl Record for Payment {
     }
     fn key(&self) -> &str {
         &self.order_id
+    }
+    fn status(&self) -> &'static str {
+        match self.status {
+            PaymentStatus::Completed => "completed",
+            PaymentStatus::Declined => "declined",
+            PaymentStatus::Refunded => "refunded",
+            PaymentStatus::Voided => "voided",
+        }
+    }
+    fn updated_at(&self) -> i64 {
+        self.updated_at
     }
 }
 
@@ -130,6 +147,8 @@ impl<R: Repository<Payment>> Payments<R> {
             currency: charge.currency,
             status,
             decline_reason: decline,
+            created_at: now_micros(),
+            updated_at: now_micros(),
         };
         let (stored, inserted) = self.repo.insert_or_get(candidate.clone()).await?;
         // A voided slot never held a charge, so any amount replays to it.
@@ -173,6 +192,8 @@ impl<R: Repository<Payment>> Payments<R> {
                     currency: String::new(),
                     status: PaymentStatus::Voided,
                     decline_reason: None,
+                    created_at: now_micros(),
+                    updated_at: now_micros(),
                 };
                 let (stored, inserted) = self.repo.insert_or_get(tombstone).await?;
                 if inserted {
@@ -185,6 +206,7 @@ impl<R: Repository<Payment>> Payments<R> {
         let transition = |payment: &Payment| match payment.status {
             PaymentStatus::Completed => Ok(Some(Payment {
                 status: PaymentStatus::Refunded,
+                updated_at: now_micros().max(payment.updated_at + 1),
                 ..payment.clone()
             })),
             PaymentStatus::Refunded | PaymentStatus::Voided => Ok(None),

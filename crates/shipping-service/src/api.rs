@@ -3,7 +3,8 @@
 use std::sync::Arc;
 
 use saga_common::error::to_status;
-use saga_common::faults::{BusinessFaults, guarded};
+use saga_common::faults::BusinessFaults;
+use saga_common::time::timestamp;
 use saga_proto::shipping::v1 as pb;
 use saga_proto::shipping::v1::shipping_service_server::{ShippingService, ShippingServiceServer};
 use saga_store::{Store, Target};
@@ -50,17 +51,14 @@ impl ShippingService for ShippingApi {
         &self,
         request: Request<pb::StartShippingRequest>,
     ) -> Result<Response<pb::StartShippingResponse>, Status> {
-        let failure = self.faults.business_failure(request.metadata())?;
+        let failure = self.faults.business_failure_of(&request)?;
         let req = request.into_inner();
-        guarded(&self.faults.transient(), async {
-            let shipment = reply(
-                self.shipments
-                    .start(req.order_id, req.address, failure)
-                    .await,
-            )?;
-            Ok(pb::StartShippingResponse { shipment })
-        })
-        .await
+        let shipment = reply(
+            self.shipments
+                .start(req.order_id, req.address, failure)
+                .await,
+        )?;
+        Ok(Response::new(pb::StartShippingResponse { shipment }))
     }
 
     async fn cancel_shipping(
@@ -68,11 +66,8 @@ impl ShippingService for ShippingApi {
         request: Request<pb::CancelShippingRequest>,
     ) -> Result<Response<pb::CancelShippingResponse>, Status> {
         let target = target(request.into_inner().target.map(cancel_target))?;
-        guarded(&self.faults.transient(), async {
-            let shipment = reply(self.shipments.cancel(&target).await)?;
-            Ok(pb::CancelShippingResponse { shipment })
-        })
-        .await
+        let shipment = reply(self.shipments.cancel(&target).await)?;
+        Ok(Response::new(pb::CancelShippingResponse { shipment }))
     }
 
     async fn get_shipment(
@@ -80,11 +75,8 @@ impl ShippingService for ShippingApi {
         request: Request<pb::GetShipmentRequest>,
     ) -> Result<Response<pb::GetShipmentResponse>, Status> {
         let target = target(request.into_inner().target.map(get_target))?;
-        guarded(&self.faults.transient(), async {
-            let shipment = reply(self.shipments.get(&target).await)?;
-            Ok(pb::GetShipmentResponse { shipment })
-        })
-        .await
+        let shipment = reply(self.shipments.get(&target).await)?;
+        Ok(Response::new(pb::GetShipmentResponse { shipment }))
     }
 }
 
@@ -117,6 +109,8 @@ impl From<Shipment> for pb::Shipment {
             address: shipment.address,
             status: status.into(),
             failure_reason: shipment.failure_reason.unwrap_or_default(),
+            create_time: timestamp(shipment.created_at),
+            update_time: timestamp(shipment.updated_at),
         }
     }
 }

@@ -2,6 +2,7 @@
 //!
 //! The order id is the idempotency key: at most one shipment per order, so a repeated
 //! StartShipping returns the first shipment and never ships twice.
+use saga_common::time::now_micros;
 use saga_common::validate::{self, ValidationError};
 use saga_common::{Classify, ErrorKind, IdKind};
 use saga_store::{Record, Repository, Store, StoreError, Target, find};
@@ -24,6 +25,11 @@ pub struct Shipment {
     pub address: String,
     pub status: ShipmentStatus,
     pub failure_reason: Option<String>,
+    /// Microseconds since the epoch; 0 on shipments written before times were kept.
+    #[serde(default)]
+    pub created_at: i64,
+    #[serde(default)]
+    pub updated_at: i64,
 }
 
 impl Record for Shipment {
@@ -33,6 +39,16 @@ impl Record for Shipment {
     }
     fn key(&self) -> &str {
         &self.order_id
+    }
+    fn status(&self) -> &'static str {
+        match self.status {
+            ShipmentStatus::Started => "started",
+            ShipmentStatus::Failed => "failed",
+            ShipmentStatus::Cancelled => "cancelled",
+        }
+    }
+    fn updated_at(&self) -> i64 {
+        self.updated_at
     }
 }
 
@@ -113,6 +129,8 @@ impl<R: Repository<Shipment>> Shipments<R> {
             address,
             status,
             failure_reason: failure,
+            created_at: now_micros(),
+            updated_at: now_micros(),
         };
         let (stored, inserted) = self.repo.insert_or_get(candidate.clone()).await?;
         // A slot cancelled before the start never held an address.
@@ -146,6 +164,8 @@ impl<R: Repository<Shipment>> Shipments<R> {
                     address: String::new(),
                     status: ShipmentStatus::Cancelled,
                     failure_reason: None,
+                    created_at: now_micros(),
+                    updated_at: now_micros(),
                 };
                 let (stored, inserted) = self.repo.insert_or_get(tombstone).await?;
                 if inserted {
@@ -159,6 +179,7 @@ impl<R: Repository<Shipment>> Shipments<R> {
             match shipment.status {
                 ShipmentStatus::Started => Ok(Some(Shipment {
                     status: ShipmentStatus::Cancelled,
+                    updated_at: now_micros().max(shipment.updated_at + 1),
                     ..shipment.clone()
                 })),
                 ShipmentStatus::Failed | ShipmentStatus::Cancelled => Ok(None),

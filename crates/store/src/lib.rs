@@ -28,6 +28,39 @@ pub trait Record: Clone + Send + Sync + Serialize + DeserializeOwned + 'static {
     fn id(&self) -> &str;
     /// At most one record per key.
     fn key(&self) -> &str;
+    /// The record's state (e.g. `pending`): an indexed column it can be listed by. Never empty.
+    fn status(&self) -> &'static str;
+    /// When the record last changed, in microseconds since the Unix epoch: the other indexed
+    /// column, and the order of a listing.
+    fn updated_at(&self) -> i64;
+}
+
+/// Which records to list, a page at a time, in `(updated_at, id)` order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListQuery {
+    /// Only records in this state.
+    pub status: Option<&'static str>,
+    /// Only records last updated strictly before this (microseconds since the epoch).
+    pub updated_before: Option<i64>,
+    /// Only records after this `(updated_at, id)`: where the previous page ended.
+    pub after: Option<(i64, String)>,
+    /// At most this many.
+    pub limit: usize,
+}
+
+impl ListQuery {
+    /// Whether `record` belongs in the listing (the in-memory store filters with it).
+    pub fn matches<R: Record>(&self, record: &R) -> bool {
+        let position = (record.updated_at(), record.id());
+        self.status.is_none_or(|status| record.status() == status)
+            && self
+                .updated_before
+                .is_none_or(|before| record.updated_at() < before)
+            && self
+                .after
+                .as_ref()
+                .is_none_or(|(at, id)| position > (*at, id.as_str()))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +106,9 @@ pub trait Repository<R: Record>: Send + Sync {
         F: FnMut(&R) -> Result<Option<R>, E> + Send;
     /// Every record, for read-back checks and tests.
     fn all(&self) -> impl Future<Output = Result<Vec<R>, StoreError>> + Send;
+    /// A page of the records `query` selects, in `(updated_at, id)` order, through the index
+    /// on those columns (and `status`).
+    fn list(&self, query: &ListQuery) -> impl Future<Output = Result<Vec<R>, StoreError>> + Send;
 }
 
 /// How a payment or shipment is named in a request: by its own id, or by its order (the key).
@@ -142,6 +178,10 @@ impl<R: Record> Repository<R> for Store<R> {
     async fn all(&self) -> Result<Vec<R>, StoreError> {
         dispatch!(self, repo => repo.all())
     }
+
+    async fn list(&self, query: &ListQuery) -> Result<Vec<R>, StoreError> {
+        dispatch!(self, repo => repo.list(query))
+    }
 }
 
 #[cfg(test)]
@@ -161,6 +201,16 @@ pub(crate) mod tests {
         }
         fn key(&self) -> &str {
             &self.key
+        }
+        fn status(&self) -> &'static str {
+            if self.n.is_multiple_of(2) {
+                "even"
+            } else {
+                "odd"
+            }
+        }
+        fn updated_at(&self) -> i64 {
+            i64::from(self.n)
         }
     }
     pub fn item(id: &str, key: &str) -> Item {
@@ -206,6 +256,42 @@ pub(crate) mod tests {
                 .is_none()
         );
         assert_eq!(repo.get("a").await.unwrap().map(|r| r.n), Some(1));
+
+        // Listing: by status, before a time, a page after a position, in (updated_at, id) order.
+        for (id, n) in [("c", 4), ("b", 2), ("d", 2), ("e", 7)] {
+            let record = Item {
+                n,
+                ..item(id, &format!("key-{id}"))
+            };
+            repo.insert_or_get(record).await.unwrap();
+        }
+        let ids = |records: Vec<Item>| records.into_iter().map(|r| r.id).collect::<Vec<_>>();
+        let query = ListQuery {
+            status: None,
+            updated_before: None,
+            after: None,
+            limit: 10,
+        };
+        assert_eq!(
+            ids(repo.list(&query).await.unwrap()),
+            ["a", "b", "d", "c", "e"]
+        );
+        let even = ListQuery {
+            status: Some("even"),
+            ..query.clone()
+        };
+        assert_eq!(ids(repo.list(&even).await.unwrap()), ["b", "d", "c"]);
+        let page = ListQuery {
+            after: Some((2, "b".into())),
+            limit: 2,
+            ..query.clone()
+        };
+        assert_eq!(ids(repo.list(&page).await.unwrap()), ["d", "c"]);
+        let before = ListQuery {
+            updated_before: Some(4),
+            ..query.clone()
+        };
+        assert_eq!(ids(repo.list(&before).await.unwrap()), ["a", "b", "d"]);
     }
 
     /// `n` concurrent callers each bump record "a" and race to insert under one key: no update

@@ -2,7 +2,7 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
-use crate::{Record, Repository, StoreError};
+use crate::{ListQuery, Record, Repository, StoreError};
 
 /// In-memory repository: a map behind a mutex that is never held across an `.await`.
 #[derive(Debug)]
@@ -83,5 +83,18 @@ impl<R: Record> Repository<R> for MemoryRepository<R> {
 
     async fn all(&self) -> Result<Vec<R>, StoreError> {
         Ok(self.lock().by_id.values().cloned().collect())
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<Vec<R>, StoreError> {
+        let mut found: Vec<R> = self
+            .lock()
+            .by_id
+            .values()
+            .filter(|record| query.matches(*record))
+            .cloned()
+            .collect();
+        found.sort_by(|a, b| (a.updated_at(), a.id()).cmp(&(b.updated_at(), b.id())));
+        found.truncate(query.limit);
+        Ok(found)
     }
 }

@@ -7,8 +7,8 @@ use sqlx::{AssertSqlSafe, Executor, PgPool};
 
 use crate::StoreError;
 use crate::sql::{
-    self, APPLIED_SQL, Column, Inserted, Result, Row, SCHEMA_TABLE, SqlDatabase, SqlRepository,
-    Table,
+    self, APPLIED_SQL, Column, Indexed, Inserted, ListParams, Result, Row, SCHEMA_TABLE,
+    SqlDatabase, SqlRepository, Table,
 };
 
 /// A row that does not decode is corrupt; anything else is the database or the way to it.
@@ -77,11 +77,19 @@ impl SqlDatabase for PgStore {
         tx.commit().await.map_err(store_error)
     }
 
-    async fn insert(&self, table: Table, id: &str, key: &str, body: String) -> Result<Inserted> {
+    async fn insert(
+        &self,
+        table: Table,
+        row: Indexed<'_>,
+        key: &str,
+        body: String,
+    ) -> Result<Inserted> {
         let inserted = sqlx::query(AssertSqlSafe(sql::insert_sql(table)))
-            .bind(id.to_owned())
+            .bind(row.id.to_owned())
             .bind(key.to_owned())
             .bind(body)
+            .bind(row.status)
+            .bind(row.updated_at)
             .execute(&self.pool)
             .await
             .map_err(store_error)?
@@ -103,10 +111,18 @@ impl SqlDatabase for PgStore {
             .map_err(store_error)
     }
 
-    async fn write_at(&self, table: Table, id: &str, version: i64, body: String) -> Result<bool> {
+    async fn write_at(
+        &self,
+        table: Table,
+        row: Indexed<'_>,
+        version: i64,
+        body: String,
+    ) -> Result<bool> {
         let written = sqlx::query(AssertSqlSafe(sql::update_sql(table)))
             .bind(body)
-            .bind(id.to_owned())
+            .bind(row.status)
+            .bind(row.updated_at)
+            .bind(row.id.to_owned())
             .bind(version)
             .execute(&self.pool)
             .await
@@ -117,6 +133,22 @@ impl SqlDatabase for PgStore {
 
     async fn all(&self, table: Table) -> Result<Vec<String>> {
         sqlx::query_scalar(AssertSqlSafe(sql::all_sql(table)))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(store_error)
+    }
+
+    async fn list(&self, table: Table, params: ListParams) -> Result<Vec<Row>> {
+        let mut query =
+            sqlx::query_as(AssertSqlSafe(sql::list_sql(table, params.status.is_some())));
+        if let Some(status) = params.status {
+            query = query.bind(status);
+        }
+        query
+            .bind(params.before)
+            .bind(params.after_at)
+            .bind(params.after_id)
+            .bind(params.limit)
             .fetch_all(&self.pool)
             .await
             .map_err(store_error)

@@ -3,25 +3,45 @@
 //! SQLite on its own thread ([`crate::sqlite`]), PostgreSQL on a pool ([`crate::postgres`]).
 //!
 //! Each kind of record is one table: `id` (primary key), `key` (unique: the idempotency key),
-//! `version` (bumped by every update) and `body` (the record as JSON). Updates are optimistic
+//! `version` (bumped by every update), `body` (the record as JSON), and `status` and
+//! `updated_at` copied out of the body into indexed columns, so that listing never scans bodies. Updates are optimistic
 //! (read the version, write only if it is unchanged), so no lock is held across a transition
 //! and every replica can take any request.
 use std::future::Future;
 use std::marker::PhantomData;
 
-use crate::{Record, Repository, StoreError};
+use crate::{ListQuery, Record, Repository, StoreError};
 
 /// Schema changes in order; each runs once per table, recorded in `order_saga_schema`.
 /// `{table}` is the record's table. The same SQL on SQLite and PostgreSQL.
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    "CREATE TABLE IF NOT EXISTS {table} (
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        "CREATE TABLE IF NOT EXISTS {table} (
         id TEXT PRIMARY KEY,
         key TEXT NOT NULL UNIQUE,
         version BIGINT NOT NULL,
         body TEXT NOT NULL
     )",
-)];
+    ),
+    // Rows written before these columns get them from their bodies (`SqlDatabase::migrate`).
+    (
+        2,
+        "ALTER TABLE {table} ADD COLUMN status TEXT NOT NULL DEFAULT ''",
+    ),
+    (
+        3,
+        "ALTER TABLE {table} ADD COLUMN updated_at BIGINT NOT NULL DEFAULT 0",
+    ),
+    (
+        4,
+        "CREATE INDEX IF NOT EXISTS {table}_by_status ON {table} (status, updated_at, id)",
+    ),
+    (
+        5,
+        "CREATE INDEX IF NOT EXISTS {table}_by_update ON {table} (updated_at, id)",
+    ),
+];
 
 /// Which migrations each table has had.
 pub(crate) const SCHEMA_TABLE: &str = "CREATE TABLE IF NOT EXISTS order_saga_schema (tbl TEXT NOT NULL, version BIGINT NOT NULL, PRIMARY KEY (tbl, version))";
@@ -36,7 +56,7 @@ pub(crate) const APPLIED_SQL: &str = "SELECT version FROM order_saga_schema WHER
 
 pub(crate) fn insert_sql(table: &str) -> String {
     format!(
-        "INSERT INTO {table} (id, key, version, body) VALUES ($1, $2, 1, $3) ON CONFLICT (key) DO NOTHING"
+        "INSERT INTO {table} (id, key, version, body, status, updated_at) VALUES ($1, $2, 1, $3, $4, $5) ON CONFLICT (key) DO NOTHING"
     )
 }
 
@@ -45,7 +65,51 @@ pub(crate) fn select_sql(table: &str, by: Column) -> String {
 }
 
 pub(crate) fn update_sql(table: &str) -> String {
-    format!("UPDATE {table} SET body = $1, version = version + 1 WHERE id = $2 AND version = $3")
+    format!(
+        "UPDATE {table} SET body = $1, status = $2, updated_at = $3, version = version + 1 WHERE id = $4 AND version = $5"
+    )
+}
+
+/// A page of rows in `(updated_at, id)` order. Parameters: the status (only when `by_status`),
+/// then `updated_before`, the position after which the page starts (`updated_at`, `id`), and
+/// the limit. The row-value comparison walks the index from the position on.
+pub(crate) fn list_sql(table: &str, by_status: bool) -> String {
+    let (status, n) = if by_status {
+        ("status = $1 AND ", 1)
+    } else {
+        ("", 0)
+    };
+    format!(
+        "SELECT body, version FROM {table} WHERE {status}updated_at < ${} AND (updated_at, id) > (${}, ${}) ORDER BY updated_at, id LIMIT ${}",
+        n + 1,
+        n + 2,
+        n + 3,
+        n + 4
+    )
+}
+
+/// A [`ListQuery`] as the statement's parameters: the status (if any), `updated_before`,
+/// the position after which to start, and the limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListParams {
+    pub status: Option<&'static str>,
+    pub before: i64,
+    pub after_at: i64,
+    pub after_id: String,
+    pub limit: i64,
+}
+
+impl From<&ListQuery> for ListParams {
+    fn from(query: &ListQuery) -> Self {
+        let (after_at, after_id) = query.after.clone().unwrap_or((i64::MIN, String::new()));
+        Self {
+            status: query.status,
+            before: query.updated_before.unwrap_or(i64::MAX),
+            after_at,
+            after_id,
+            limit: i64::try_from(query.limit).unwrap_or(i64::MAX),
+        }
+    }
 }
 
 pub(crate) fn all_sql(table: &str) -> String {
@@ -114,7 +178,7 @@ pub trait SqlDatabase: Clone + Send + Sync + 'static {
     fn insert(
         &self,
         table: Table,
-        id: &str,
+        row: Indexed<'_>,
         key: &str,
         body: String,
     ) -> impl Future<Output = Result<Inserted>> + Send;
@@ -129,16 +193,48 @@ pub trait SqlDatabase: Clone + Send + Sync + 'static {
     fn write_at(
         &self,
         table: Table,
-        id: &str,
+        row: Indexed<'_>,
         version: i64,
         body: String,
     ) -> impl Future<Output = Result<bool>> + Send;
     /// Every body in `table`.
     fn all(&self, table: Table) -> impl Future<Output = Result<Vec<String>>> + Send;
+    /// A page of rows ([`list_sql`]).
+    fn list(
+        &self,
+        table: Table,
+        params: ListParams,
+    ) -> impl Future<Output = Result<Vec<Row>>> + Send;
 
-    /// Creates or upgrades the table of `R`.
+    /// Creates or upgrades the table of `R`, then fills the indexed columns of rows written
+    /// before they existed (their status is empty) from their bodies.
     fn migrate<R: Record>(&self) -> impl Future<Output = Result<()>> + Send {
-        self.migrate_table(R::TABLE)
+        async move {
+            self.migrate_table(R::TABLE).await?;
+            let unindexed = ListQuery {
+                status: Some(""),
+                updated_before: None,
+                after: None,
+                limit: 500,
+            };
+            loop {
+                let rows = self.list(R::TABLE, ListParams::from(&unindexed)).await?;
+                if rows.is_empty() {
+                    return Ok(());
+                }
+                let mut moved = false;
+                for (body, version) in rows {
+                    let record: R = decode(&body)?;
+                    // Lost to another replica backfilling the same row: it is done either way.
+                    moved |= self
+                        .write_at(R::TABLE, Indexed::of(&record), version, body)
+                        .await?;
+                }
+                if !moved {
+                    return Ok(());
+                }
+            }
+        }
     }
 
     /// The repository of `R` in this database (after [`SqlDatabase::migrate`]).
@@ -146,6 +242,24 @@ pub trait SqlDatabase: Clone + Send + Sync + 'static {
         SqlRepository {
             db: self.clone(),
             record: PhantomData,
+        }
+    }
+}
+
+/// A row's id and indexed columns, taken from its record.
+#[derive(Debug, Clone, Copy)]
+pub struct Indexed<'a> {
+    pub id: &'a str,
+    pub status: &'static str,
+    pub updated_at: i64,
+}
+
+impl<'a> Indexed<'a> {
+    pub fn of<R: Record>(record: &'a R) -> Self {
+        Self {
+            id: record.id(),
+            status: record.status(),
+            updated_at: record.updated_at(),
         }
     }
 }
@@ -180,7 +294,7 @@ impl<D: SqlDatabase, R: Record> Repository<R> for SqlRepository<D, R> {
         let body = encode(&record)?;
         match self
             .db
-            .insert(R::TABLE, record.id(), record.key(), body)
+            .insert(R::TABLE, Indexed::of(&record), record.key(), body)
             .await?
         {
             Inserted::New => Ok((record, true)),
@@ -219,7 +333,7 @@ impl<D: SqlDatabase, R: Record> Repository<R> for SqlRepository<D, R> {
             };
             let written = self
                 .db
-                .write_at(R::TABLE, id, version, encode(&next)?)
+                .write_at(R::TABLE, Indexed::of(&next), version, encode(&next)?)
                 .await?;
             if written {
                 return Ok(Some(next));
@@ -230,6 +344,11 @@ impl<D: SqlDatabase, R: Record> Repository<R> for SqlRepository<D, R> {
     async fn all(&self) -> Result<Vec<R>, StoreError> {
         let bodies = self.db.all(R::TABLE).await?;
         bodies.iter().map(|body| decode(body)).collect()
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<Vec<R>, StoreError> {
+        let rows = self.db.list(R::TABLE, ListParams::from(query)).await?;
+        rows.iter().map(|(body, _)| decode(body)).collect()
     }
 }
 
@@ -243,6 +362,26 @@ mod tests {
         assert_eq!(all.len(), 2 * MIGRATIONS.len());
         assert!(all[0].contains("CREATE TABLE IF NOT EXISTS items"));
         assert!(all[1].contains("VALUES ('items', 1)"));
-        assert!(pending_migrations("items", &[1]).is_empty());
+        assert!(pending_migrations("items", &[1, 2, 3, 4, 5]).is_empty());
+        assert_eq!(
+            pending_migrations("items", &[1]).len(),
+            2 * (MIGRATIONS.len() - 1)
+        );
+    }
+}
+
+#[cfg(test)]
+mod list_tests {
+    use super::*;
+
+    #[test]
+    fn listing_numbers_its_parameters_in_order() {
+        assert_eq!(
+            list_sql("orders", true),
+            "SELECT body, version FROM orders WHERE status = $1 AND updated_at < $2 AND (updated_at, id) > ($3, $4) ORDER BY updated_at, id LIMIT $5"
+        );
+        assert!(list_sql("orders", false).starts_with(
+            "SELECT body, version FROM orders WHERE updated_at < $1 AND (updated_at, id) > ($2, $3)"
+        ));
     }
 }

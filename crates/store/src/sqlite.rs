@@ -17,8 +17,8 @@ use tokio::sync::oneshot;
 
 use crate::StoreError;
 use crate::sql::{
-    self, APPLIED_SQL, Column, Inserted, Result, Row, SCHEMA_TABLE, SqlDatabase, SqlRepository,
-    Table,
+    self, APPLIED_SQL, Column, Indexed, Inserted, ListParams, Result, Row, SCHEMA_TABLE,
+    SqlDatabase, SqlRepository, Table,
 };
 
 /// Requests per transaction at most: bounds the time a batch holds its callers.
@@ -33,7 +33,7 @@ enum Op {
     /// Inserts unless the key exists; then answers with the existing row.
     Insert {
         table: &'static str,
-        id: String,
+        row: Owned,
         key: String,
         body: String,
     },
@@ -45,13 +45,35 @@ enum Op {
     /// Writes `body` if the row is still at `version`.
     Update {
         table: &'static str,
-        id: String,
+        row: Owned,
         version: i64,
         body: String,
     },
     All {
         table: &'static str,
     },
+    List {
+        table: &'static str,
+        params: ListParams,
+    },
+}
+
+/// [`Indexed`] as the thread takes it.
+#[derive(Debug)]
+struct Owned {
+    id: String,
+    status: &'static str,
+    updated_at: i64,
+}
+
+impl From<Indexed<'_>> for Owned {
+    fn from(row: Indexed<'_>) -> Self {
+        Self {
+            id: row.id.to_owned(),
+            status: row.status,
+            updated_at: row.updated_at,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -61,6 +83,7 @@ enum Outcome {
     Row(Option<Row>),
     Updated(bool),
     Rows(Vec<String>),
+    Page(Vec<Row>),
 }
 
 type Reply = oneshot::Sender<Result<Outcome, StoreError>>;
@@ -232,13 +255,13 @@ fn run(conn: &Connection, op: &Op) -> rusqlite::Result<Outcome> {
         }
         Op::Insert {
             table,
-            id,
+            row,
             key,
             body,
         } => {
             let inserted = conn
                 .prepare_cached(&sql::insert_sql(table))?
-                .execute(params![id, key, body])?;
+                .execute(params![row.id, key, body, row.status, row.updated_at])?;
             Ok(Outcome::Inserted(if inserted == 1 {
                 Inserted::New
             } else {
@@ -248,14 +271,41 @@ fn run(conn: &Connection, op: &Op) -> rusqlite::Result<Outcome> {
         Op::Get { table, by, value } => Ok(Outcome::Row(fetch(conn, table, *by, value)?)),
         Op::Update {
             table,
-            id,
+            row,
             version,
             body,
         } => {
             let written = conn
                 .prepare_cached(&sql::update_sql(table))?
-                .execute(params![body, id, version])?;
+                .execute(params![body, row.status, row.updated_at, row.id, version])?;
             Ok(Outcome::Updated(written == 1))
+        }
+        Op::List { table, params } => {
+            let mut statement =
+                conn.prepare_cached(&sql::list_sql(table, params.status.is_some()))?;
+            let read = |row: &rusqlite::Row<'_>| Ok((row.get(0)?, row.get(1)?));
+            let rows = match params.status {
+                Some(status) => statement.query_map(
+                    params![
+                        status,
+                        params.before,
+                        params.after_at,
+                        params.after_id,
+                        params.limit
+                    ],
+                    read,
+                )?,
+                None => statement.query_map(
+                    params![
+                        params.before,
+                        params.after_at,
+                        params.after_id,
+                        params.limit
+                    ],
+                    read,
+                )?,
+            };
+            Ok(Outcome::Page(rows.collect::<rusqlite::Result<Vec<Row>>>()?))
         }
         Op::All { table } => {
             let mut statement = conn.prepare_cached(&sql::all_sql(table))?;
@@ -297,13 +347,19 @@ impl SqlDatabase for SqliteStore {
         ask!(self, Op::Migrate { table }, Outcome::Done)
     }
 
-    async fn insert(&self, table: Table, id: &str, key: &str, body: String) -> Result<Inserted> {
-        let (id, key) = (id.to_owned(), key.to_owned());
+    async fn insert(
+        &self,
+        table: Table,
+        row: Indexed<'_>,
+        key: &str,
+        body: String,
+    ) -> Result<Inserted> {
+        let (row, key) = (row.into(), key.to_owned());
         ask!(
             self,
             Op::Insert {
                 table,
-                id,
+                row,
                 key,
                 body
             },
@@ -316,13 +372,19 @@ impl SqlDatabase for SqliteStore {
         ask!(self, Op::Get { table, by, value }, Outcome::Row)
     }
 
-    async fn write_at(&self, table: Table, id: &str, version: i64, body: String) -> Result<bool> {
-        let id = id.to_owned();
+    async fn write_at(
+        &self,
+        table: Table,
+        row: Indexed<'_>,
+        version: i64,
+        body: String,
+    ) -> Result<bool> {
+        let row = row.into();
         ask!(
             self,
             Op::Update {
                 table,
-                id,
+                row,
                 version,
                 body
             },
@@ -332,6 +394,10 @@ impl SqlDatabase for SqliteStore {
 
     async fn all(&self, table: Table) -> Result<Vec<String>> {
         ask!(self, Op::All { table }, Outcome::Rows)
+    }
+
+    async fn list(&self, table: Table, params: ListParams) -> Result<Vec<Row>> {
+        ask!(self, Op::List { table, params }, Outcome::Page)
     }
 }
 
