@@ -22,7 +22,7 @@ shipping-service:
 orchestrator *ARGS:
     cargo run --locked -p saga-orchestrator -- {{ARGS}}
 
-# Install the pinned test tools (grpcurl, buf, ...) into .tools/.
+# Install the pinned test tools (grpcurl, jaeger, prometheus, helm, buf, ...) into .tools/.
 tools:
     ./scripts/install-tools
 
@@ -62,8 +62,16 @@ grpcurl-list PORT="50051":
     fi; .tools/bin/grpcurl -plaintext localhost:{{PORT}} list
 
 # The Jaeger UI of the kind release on http://localhost:16686 (Ctrl-C stops the forward).
-jaeger:
+jaeger-kind:
     kubectl port-forward svc/order-saga-jaeger 16686
+
+# The pinned Jaeger v2 on loopback (OTLP 4317/4318, UI 16686), in the background; `just jaeger-local stop`.
+jaeger-local *ARGS:
+    ./scripts/jaeger {{ARGS}}
+
+# The pinned Prometheus on 127.0.0.1:9090 scraping the services' metrics ports; `just prometheus-local stop`.
+prometheus-local *ARGS:
+    ./scripts/prometheus {{ARGS}}
 
 # Build the four images (order-saga/<binary>:<version>) with Docker BuildKit; no tests.
 images:
