@@ -151,8 +151,12 @@ def find_one(objs: list[dict[str, Any]], kind: str, component_name: str | None =
 
 
 def pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
-    """The pod spec of a Pod, Deployment or Job."""
-    return obj["spec"] if obj["kind"] == "Pod" else obj["spec"]["template"]["spec"]
+    """The pod spec of a Pod, Deployment, StatefulSet, Job or CronJob."""
+    if obj["kind"] == "Pod":
+        return obj["spec"]
+    if obj["kind"] == "CronJob":
+        return obj["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    return obj["spec"]["template"]["spec"]
 
 
 def env_dict(container: dict[str, Any]) -> dict[str, str]:
@@ -177,6 +181,25 @@ def orchestrator_invocation(
         "args": list(container.get("args", [])),
         "env": env_dict(container),
     }
+
+
+def recovery_invocations(
+    values: dict[str, Any] | None = None, **render_args: Any
+) -> list[dict[str, Any]]:
+    """How the chart's recovery CronJob runs saga-orchestrator: its init container (recover)
+    then its container (audit), each {"name", "image", "command", "args", "env"}."""
+    cron = find_one(render(values, **render_args), "CronJob", "saga-orchestrator")
+    spec = pod_spec(cron)
+    return [
+        {
+            "name": container["name"],
+            "image": container["image"],
+            "command": container.get("command"),
+            "args": list(container.get("args", [])),
+            "env": env_dict(container),
+        }
+        for container in spec.get("initContainers", []) + spec["containers"]
+    ]
 
 
 def service_invocations(

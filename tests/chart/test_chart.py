@@ -148,7 +148,8 @@ def containers(obj: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def workloads(objs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [o for o in objs if o["kind"] in ("Deployment", "StatefulSet", "Job", "Pod")]
+    kinds = ("Deployment", "StatefulSet", "Job", "CronJob", "Pod")
+    return [o for o in objs if o["kind"] in kinds]
 
 
 # The UID each container runs as: its image's user.
@@ -441,6 +442,46 @@ def test_job_defaults(objs) -> None:
     )
 
 
+# --- the recovery CronJob -------------------------------------------------------------------
+
+
+def test_recovery_cronjob_defaults(objs) -> None:
+    cron = find_one(objs, "CronJob", "saga-orchestrator")
+    assert cron["metadata"]["name"] == "order-saga-recovery"
+    spec = cron["spec"]
+    assert (spec["schedule"], spec["concurrencyPolicy"]) == ("*/5 * * * *", "Forbid")
+    job = spec["jobTemplate"]["spec"]
+    assert (job["backoffLimit"], job["activeDeadlineSeconds"]) == (0, 600)
+    pod = job["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"
+    (recover,) = pod["initContainers"]
+    (audit,) = pod["containers"]
+    assert recover["args"] == ["recover", "--older-than", "30s"]
+    assert audit["args"] == ["audit", "--older-than", "30s"]
+    # The same image, settings, trace export and lock-down as the Job.
+    job_container = render.orchestrator_invocation()
+    for container in (recover, audit):
+        assert container["image"] == job_container["image"]
+        assert "command" not in container
+        env = env_dict(container)
+        assert env == job_container["env"], container["name"]
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://order-saga-jaeger:4317"
+
+
+def test_recovery_cronjob_values() -> None:
+    values = {"recovery": {"schedule": "0 * * * *", "olderThanSeconds": 600}}
+    invocations = render.recovery_invocations(values)
+    assert [i["args"] for i in invocations] == [
+        ["recover", "--older-than", "600s"], ["audit", "--older-than", "600s"],
+    ]
+    cron = find_one(render.render(values), "CronJob", "saga-orchestrator")
+    assert cron["spec"]["schedule"] == "0 * * * *"
+    off = render.render({"recovery": {"enabled": False}})
+    assert not find(off, "CronJob")
+    under_tls = render.recovery_invocations(VARIANTS["tls"])
+    assert all(i["env"]["SAGA_ORDER_URL"].startswith("https://") for i in under_tls)
+
+
 @pytest.mark.parametrize(
     "name, scenario, count, concurrency",
     [
@@ -534,7 +575,7 @@ def test_tracing_to_bundled_jaeger(objs) -> None:
     assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == {
         "otlp-grpc": 4317, "otlp-http": 4318, "ui": 16686}
     envs = _otel(objs)
-    assert len(envs) == 5  # three services, the Job, the test pod
+    assert len(envs) == 7  # three services, the Job, recover and audit, the test pod
     for env in envs.values():
         assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://order-saga-jaeger:4317"
 
@@ -550,7 +591,9 @@ def test_no_endpoint_without_jaeger_or_collector() -> None:
     rendered = render.render(VARIANTS["no-tracing"])
     for (kind, name), env in _otel(rendered).items():
         assert "OTEL_EXPORTER_OTLP_ENDPOINT" not in env, (kind, name)
-        assert env["OTEL_SERVICE_NAME"] == name
+        # The recovery CronJob's containers are named for their step; the binary is the same.
+        binary = "saga-orchestrator" if kind == "CronJob" else name
+        assert env["OTEL_SERVICE_NAME"] == binary
 
 
 def test_sampler_and_resource_attributes() -> None:
@@ -1164,7 +1207,9 @@ def test_k8s_manifest_content() -> None:
     assert not any(render.is_test_hook(o) for o in objs)
     assert not find(objs, "Pod")
     kinds = sorted(o["kind"] for o in objs)
-    assert kinds == ["Deployment"] * 4 + ["Job"] + ["PersistentVolumeClaim"] * 3 + ["Service"] * 4
+    assert kinds == (
+        ["CronJob"] + ["Deployment"] * 4 + ["Job"] + ["PersistentVolumeClaim"] * 3 + ["Service"] * 4
+    )
     assert all(o["metadata"]["namespace"] == "default" for o in objs)
     kustomization = yaml.safe_load((REPO_ROOT / "k8s" / "kustomization.yaml").read_text())
     assert kustomization["kind"] == "Kustomization"

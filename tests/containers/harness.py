@@ -31,9 +31,13 @@ OTLP_ENDPOINT_VARS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_
 # The chart's renderer (tests/chart/render.py) tells how the chart runs each image.
 sys.path.insert(0, str(REPO / "tests" / "chart"))
 import render  # noqa: E402
-from render import orchestrator_invocation, service_invocations  # noqa: E402
+from render import (  # noqa: E402
+    orchestrator_invocation,
+    recovery_invocations,
+    service_invocations,
+)
 
-__all__ = ["orchestrator_invocation", "service_invocations"]
+__all__ = ["orchestrator_invocation", "recovery_invocations", "service_invocations"]
 
 
 def chart_runtime(values: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:

@@ -165,6 +165,36 @@ def test_orchestrator_job_runs_every_scenario(
     print(proc.stdout)
 
 
+def test_recovery_cronjob_settles_and_audits(request, services, service_specs, chart_runtime):
+    """The chart's recovery CronJob, its init container (recover) then its container (audit),
+    as the chart runs them, against the chart's services: after the Job's sagas nothing is
+    stuck, so both exit 0, and the audit reports the whole store clean."""
+    outputs = []
+    for step in harness.recovery_invocations():
+        assert step["command"] is None, "the chart should leave the entrypoint to the image"
+        env = without_otlp(step["env"])
+        for key, spec in service_specs.items():
+            env[f"SAGA_{key.upper()}_URL"] = f"http://127.0.0.1:{spec['port']}"
+        name = f"order-saga-test-{step['name']}-{uuid.uuid4().hex[:8]}"
+        request.addfinalizer(lambda name=name: harness.docker("rm", "--force", name, check=False))
+        argv = [
+            harness.DOCKER, "run", "--rm", "--network", "host", "--name", name,
+            "--label", harness.LABEL, *harness.run_options(chart_runtime["saga-orchestrator"]),
+            *harness.env_args(env), step["image"], *step["args"],
+        ]
+        proc = subprocess.run(
+            argv, capture_output=True, text=True, timeout=ORCHESTRATOR_TIMEOUT_S, check=False
+        )
+        context = f"{step['name']}: exit {proc.returncode}\n{proc.stdout}\n{proc.stderr[-2000:]}"
+        assert proc.returncode == 0, context
+        outputs.append(proc.stdout)
+    recovered, audited = outputs
+    assert recovered.strip().splitlines()[-1].startswith("recover: "), recovered
+    assert "0 stuck" in recovered, recovered
+    assert "0 violations" in audited and "0 pending past the grace period" in audited, audited
+    print(recovered, audited)
+
+
 def test_services_stop_on_sigterm(services):
     """docker stop (SIGTERM) ends each service with exit 0 within its drain and grace period."""
     waits = {
