@@ -984,6 +984,10 @@ def test_notes_give_the_commands() -> None:
     assert "emptyDir" in render.notes(VARIANTS["persistence-off"])
     mix = render.notes({"job": {"mix": "success=1", "count": 50, "runId": "r1"}})
     assert "verify --run-id r1 --count 50" in mix
+    # How an operator lists the stuck sagas.
+    assert "create job --from=cronjob/order-saga-recovery order-saga-recovery-now" in text
+    assert "recover --dry-run" in text
+    assert "cronjob" not in render.notes({"recovery": {"enabled": False}})
 
 
 # --- values and schema -------------------------------------------------------------------
