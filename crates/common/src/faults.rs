@@ -292,7 +292,7 @@ where
                 _ => {}
             }
             let response = inner.call(request).await?;
-            let failed = crate::client_trace::grpc_status(response.headers()).0 != 0;
+            let failed = crate::telemetry::grpc_status(response.headers()).0 != 0;
             match fault {
                 Some(FaultKind::LostReply) if !failed => {
                     return Ok(Status::unavailable(

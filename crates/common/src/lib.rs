@@ -2,7 +2,6 @@
 //! server bootstrap (health, reflection, graceful shutdown), injected faults, ids, input checks
 //! and the error-to-status table. The stores are in `saga-store`, which only the services link.
 
-mod client_trace;
 pub mod config;
 pub mod error;
 pub mod faults;

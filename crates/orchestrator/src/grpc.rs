@@ -225,46 +225,63 @@ macro_rules! oneof {
     };
 }
 
+/// The unary wrappers: each method's request, and which client sends it. One line a method, so
+/// that a new RPC is one more line and the wrappers cannot drift apart.
+macro_rules! unary {
+    ($(fn $name:ident($($arg:ident: $ty:ty),*) -> $resource:ty
+        = $client:ident.$rpc:ident($message:expr $(, inject $inject:expr)?);)+) => {$(
+        async fn $name(&self, $($arg: $ty),*) -> Result<$resource, Status> {
+            let inject = false $(|| $inject)?;
+            let request = self.request($message, inject);
+            resource(self.$client.clone().$rpc(request)).await
+        }
+    )+};
+}
+
 impl Participants for GrpcParticipants {
-    async fn create_order(
-        &self,
-        request: order::CreateOrderRequest,
-    ) -> Result<order::Order, Status> {
-        let request = self.request(request, false);
-        resource(self.order.clone().create_order(request)).await
-    }
-
-    async fn cancel_order(&self, order_id: &str, reason: &str) -> Result<order::Order, Status> {
-        let message = order::CancelOrderRequest {
-            order_id: order_id.to_owned(),
-            reason: reason.to_owned(),
-        };
-        resource(
-            self.order
-                .clone()
-                .cancel_order(self.request(message, false)),
-        )
-        .await
-    }
-
-    async fn approve_order(&self, order_id: &str) -> Result<order::Order, Status> {
-        let message = order::ApproveOrderRequest {
-            order_id: order_id.to_owned(),
-        };
-        resource(
-            self.order
-                .clone()
-                .approve_order(self.request(message, false)),
-        )
-        .await
-    }
-
-    async fn fail_order(&self, order_id: &str, reason: &str) -> Result<order::Order, Status> {
-        let message = order::FailOrderRequest {
-            order_id: order_id.to_owned(),
-            reason: reason.to_owned(),
-        };
-        resource(self.order.clone().fail_order(self.request(message, false))).await
+    unary! {
+        fn create_order(request: order::CreateOrderRequest) -> order::Order
+            = order.create_order(request);
+        fn cancel_order(order_id: &str, reason: &str) -> order::Order
+            = order.cancel_order(order::CancelOrderRequest {
+                order_id: order_id.to_owned(),
+                reason: reason.to_owned(),
+            });
+        fn approve_order(order_id: &str) -> order::Order
+            = order.approve_order(order::ApproveOrderRequest { order_id: order_id.to_owned() });
+        fn fail_order(order_id: &str, reason: &str) -> order::Order
+            = order.fail_order(order::FailOrderRequest {
+                order_id: order_id.to_owned(),
+                reason: reason.to_owned(),
+            });
+        fn get_order(order_id: &str) -> order::Order
+            = order.get_order(order::GetOrderRequest {
+                target: Some(order::get_order_request::Target::OrderId(order_id.to_owned())),
+            });
+        fn find_order(key: &str) -> order::Order
+            = order.get_order(order::GetOrderRequest {
+                target: Some(order::get_order_request::Target::IdempotencyKey(key.to_owned())),
+            });
+        fn process_payment(request: payment::ProcessPaymentRequest, inject_failure: bool)
+            -> payment::Payment = payment.process_payment(request, inject inject_failure);
+        fn refund_payment(target: &Target) -> payment::Payment
+            = payment.refund_payment(payment::RefundPaymentRequest {
+                target: oneof!(target => payment::refund_payment_request::Target, PaymentId),
+            });
+        fn get_payment(target: &Target) -> payment::Payment
+            = payment.get_payment(payment::GetPaymentRequest {
+                target: oneof!(target => payment::get_payment_request::Target, PaymentId),
+            });
+        fn start_shipping(request: shipping::StartShippingRequest, inject_failure: bool)
+            -> shipping::Shipment = shipping.start_shipping(request, inject inject_failure);
+        fn cancel_shipping(target: &Target) -> shipping::Shipment
+            = shipping.cancel_shipping(shipping::CancelShippingRequest {
+                target: oneof!(target => shipping::cancel_shipping_request::Target, ShippingId),
+            });
+        fn get_shipment(target: &Target) -> shipping::Shipment
+            = shipping.get_shipment(shipping::GetShipmentRequest {
+                target: oneof!(target => shipping::get_shipment_request::Target, ShippingId),
+            });
     }
 
     async fn list_orders(
@@ -273,87 +290,5 @@ impl Participants for GrpcParticipants {
     ) -> Result<order::ListOrdersResponse, Status> {
         let request = self.request(request, false);
         Ok(self.order.clone().list_orders(request).await?.into_inner())
-    }
-
-    async fn get_order(&self, order_id: &str) -> Result<order::Order, Status> {
-        let target = order::get_order_request::Target::OrderId(order_id.to_owned());
-        let message = order::GetOrderRequest {
-            target: Some(target),
-        };
-        resource(self.order.clone().get_order(self.request(message, false))).await
-    }
-
-    async fn find_order(&self, idempotency_key: &str) -> Result<order::Order, Status> {
-        let target = order::get_order_request::Target::IdempotencyKey(idempotency_key.to_owned());
-        let message = order::GetOrderRequest {
-            target: Some(target),
-        };
-        resource(self.order.clone().get_order(self.request(message, false))).await
-    }
-
-    async fn process_payment(
-        &self,
-        request: payment::ProcessPaymentRequest,
-        inject_failure: bool,
-    ) -> Result<payment::Payment, Status> {
-        let request = self.request(request, inject_failure);
-        resource(self.payment.clone().process_payment(request)).await
-    }
-
-    async fn refund_payment(&self, target: &Target) -> Result<payment::Payment, Status> {
-        let message = payment::RefundPaymentRequest {
-            target: oneof!(target => payment::refund_payment_request::Target, PaymentId),
-        };
-        resource(
-            self.payment
-                .clone()
-                .refund_payment(self.request(message, false)),
-        )
-        .await
-    }
-
-    async fn get_payment(&self, target: &Target) -> Result<payment::Payment, Status> {
-        let message = payment::GetPaymentRequest {
-            target: oneof!(target => payment::get_payment_request::Target, PaymentId),
-        };
-        resource(
-            self.payment
-                .clone()
-                .get_payment(self.request(message, false)),
-        )
-        .await
-    }
-
-    async fn start_shipping(
-        &self,
-        request: shipping::StartShippingRequest,
-        inject_failure: bool,
-    ) -> Result<shipping::Shipment, Status> {
-        let request = self.request(request, inject_failure);
-        resource(self.shipping.clone().start_shipping(request)).await
-    }
-
-    async fn cancel_shipping(&self, target: &Target) -> Result<shipping::Shipment, Status> {
-        let message = shipping::CancelShippingRequest {
-            target: oneof!(target => shipping::cancel_shipping_request::Target, ShippingId),
-        };
-        resource(
-            self.shipping
-                .clone()
-                .cancel_shipping(self.request(message, false)),
-        )
-        .await
-    }
-
-    async fn get_shipment(&self, target: &Target) -> Result<shipping::Shipment, Status> {
-        let message = shipping::GetShipmentRequest {
-            target: oneof!(target => shipping::get_shipment_request::Target, ShippingId),
-        };
-        resource(
-            self.shipping
-                .clone()
-                .get_shipment(self.request(message, false)),
-        )
-        .await
     }
 }

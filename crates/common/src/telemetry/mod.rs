@@ -11,7 +11,6 @@
 //! collector costs one warning and dropped spans, never a stalled call.
 use std::fmt;
 
-pub use crate::client_trace::{GrpcClientTrace, GrpcClientTraceLayer};
 use std::io::IsTerminal;
 
 use opentelemetry::propagation::{Extractor, Injector, TextMapCompositePropagator};
@@ -33,7 +32,7 @@ use tracing_subscriber::{EnvFilter, Layer, fmt as tfmt, prelude::*};
 
 mod grpc;
 
-pub use grpc::{GrpcTrace, GrpcTraceLayer};
+pub use grpc::{GrpcClientTrace, GrpcClientTraceLayer, GrpcTrace, GrpcTraceLayer, grpc_status};
 
 /// Keeps telemetry alive; [`TelemetryGuard::shutdown`] flushes the last spans.
 #[must_use = "telemetry stops when the guard is dropped"]
