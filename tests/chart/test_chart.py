@@ -423,7 +423,7 @@ def test_job_defaults(objs) -> None:
     # One run id per Job object (a rollback or a reinstall that creates the Job again runs
     # new sagas): its name and uid, put together by the kubelet.
     uid, run_id = container["env"][0], container["env"][1]
-    assert uid == {"name": "JOB_UID", "valueFrom": {"fieldRef": {
+    assert uid == {"name": "JOB_UID", "valueFrom": {"fieldRef": {"apiVersion": "v1",
         "fieldPath": "metadata.labels['batch.kubernetes.io/controller-uid']"}}}
     assert run_id == {"name": "RUN_ID", "value": "order-saga-orchestrator-1-$(JOB_UID)"}
     assert render.orchestrator_invocation()["args"][-1] == "order-saga-orchestrator-1-" + render.JOB_UID
