@@ -43,8 +43,8 @@ postgres:
     ./scripts/postgres
 
 # kind: cluster, images loaded, chart installed, the Job's log with the three seed lines.
-# No `helm --wait`: Helm 4's default wait also judges the Job and fails the release on a
-# failed run. The Deployments are waited for here, then the Job: its log is printed whether
+# No `helm --wait`: Helm 4's default wait also judges the Job (a run that already failed
+# fails the release). The Deployments are waited for here, then the Job: its log is printed whether
 # it completed or failed (scripts/saga-job exits 1 at once on a failed Job).
 kind-up: images
     kind create cluster --config k8s/kind-config.yaml
