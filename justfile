@@ -43,12 +43,15 @@ postgres:
     ./scripts/postgres
 
 # kind: cluster, images loaded, chart installed, the Job's log with the three seed lines.
+# No `helm --wait`: Helm 4's default wait also judges the Job (a run that already failed
+# fails the release). The Deployments are waited for here, then the Job: its log is printed whether
+# it completed or failed (scripts/saga-job exits 1 at once on a failed Job).
 kind-up: images
     kind create cluster --config k8s/kind-config.yaml
     for i in order-service payment-service shipping-service saga-orchestrator; do kind load docker-image --name order-saga order-saga/$i:0.1.0; done
-    helm install order-saga helm/order-saga --wait --timeout 5m
-    kubectl wait --for=condition=complete job/order-saga-orchestrator-1 --timeout=300s
-    kubectl logs job/order-saga-orchestrator-1
+    helm install order-saga helm/order-saga --timeout 5m
+    kubectl wait --for=condition=Available deployment -l app.kubernetes.io/instance=order-saga --timeout=300s
+    ./scripts/saga-job order-saga
 
 kind-down:
     kind delete cluster --name order-saga
@@ -76,3 +79,16 @@ prometheus-local *ARGS:
 # Build the four images (order-saga/<binary>:<version>) with Docker BuildKit; no tests.
 images:
     ./scripts/test-containers --build-only
+
+# The same flow on a real single-node cluster built here from upstream (no kind, no registry):
+# etcd, API server, controllers, scheduler, kubelet + containerd, kube-proxy, CoreDNS. As root.
+cluster-up:
+    ./scripts/cluster up
+
+cluster-down:
+    ./scripts/cluster down
+
+# Every step of the kind flow on that cluster (install, test, grpcurl, traces, upgrade,
+# rollback, reinstall, variants, k8s/); ends with `cluster test: N passed, M failed`.
+cluster-test *STEPS:
+    ./scripts/test-cluster {{STEPS}}

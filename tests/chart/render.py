@@ -164,22 +164,42 @@ def env_dict(container: dict[str, Any]) -> dict[str, str]:
     return {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
 
 
+# The uid the API server would give the Job: the chart's default run id is
+# "<job name>-<job uid>" (the kubelet expands $(JOB_UID) from the pod's controller-uid label).
+JOB_UID = "00000000-0000-4000-8000-000000000001"
+
+_VAR_REF = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
+
+
+def expand(value: str, env: dict[str, str]) -> str:
+    """$(VAR) expansion as the kubelet does it in env values and args (unknown names stay)."""
+    return _VAR_REF.sub(lambda m: env.get(m.group(1), m.group(0)), value)
+
+
 def orchestrator_invocation(
-    values: dict[str, Any] | None = None, **render_args: Any
+    values: dict[str, Any] | None = None, *, job_uid: str = JOB_UID, **render_args: Any
 ) -> dict[str, Any]:
-    """How the chart's Job runs saga-orchestrator.
+    """How the chart's Job runs saga-orchestrator, as its pod would see it.
 
     Returns {"name": Job name, "image", "command" (None: the image's ENTRYPOINT),
-    "args": [...], "env": {name: value}}.
+    "args": [...], "env": {name: value}}: JOB_UID (from the pod's controller-uid label) is
+    ``job_uid``, and $(VAR) references in env and args are expanded as the kubelet does.
     """
     job = find_one(render(values, **render_args), "Job", "saga-orchestrator")
     (container,) = pod_spec(job)["containers"]
+    env: dict[str, str] = {}
+    for entry in container.get("env", []):
+        field = (entry.get("valueFrom") or {}).get("fieldRef", {}).get("fieldPath", "")
+        if "value" in entry:
+            env[entry["name"]] = expand(entry["value"], env)
+        elif "controller-uid" in field:
+            env[entry["name"]] = job_uid
     return {
         "name": job["metadata"]["name"],
         "image": container["image"],
         "command": container.get("command"),
-        "args": list(container.get("args", [])),
-        "env": env_dict(container),
+        "args": [expand(a, env) for a in container.get("args", [])],
+        "env": env,
     }
 
 
@@ -250,8 +270,34 @@ def k8s_manifest(values: dict[str, Any] | None = None) -> str:
         "# helm test hooks are left out. Change the chart, then run scripts/render-k8s;\n"
         "# tests/chart checks that this file matches a fresh render.\n"
     )
-    body = "".join(f"---\n# Source: {src}\n{text}\n" for src, text, _ in docs)
+    body = "".join(f"---\n# Source: {src}\n{_helm_owned(text)}\n" for src, text, _ in docs)
     return header + body
+
+
+# Helm's ownership annotations (what `helm install` itself writes on every object). The
+# objects carry app.kubernetes.io/managed-by: Helm, and with these a later
+# `helm install order-saga` into the same namespace adopts them instead of failing its
+# ownership check ("exists and cannot be imported into the current release").
+_OWNERSHIP = {"meta.helm.sh/release-name": RELEASE, "meta.helm.sh/release-namespace": NAMESPACE}
+
+
+def _helm_owned(text: str) -> str:
+    """A rendered document with Helm's ownership annotations added to its metadata."""
+    lines = text.split("\n")
+    start = lines.index("metadata:")
+    end = start + 1
+    while end < len(lines) and (lines[end].startswith("  ") or lines[end].startswith("#")):
+        end += 1
+    added = [f"    {k}: {v}" for k, v in _OWNERSHIP.items()]
+    if "  annotations:" in lines[start:end]:
+        at = lines.index("  annotations:", start, end) + 1
+        lines[at:at] = added
+    else:
+        lines[end:end] = ["  annotations:", *added]
+    out = "\n".join(lines)
+    obj = yaml.safe_load(out)
+    assert obj["metadata"]["annotations"].items() >= _OWNERSHIP.items(), obj["metadata"]
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

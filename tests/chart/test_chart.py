@@ -419,8 +419,17 @@ def test_job_defaults(objs) -> None:
     assert "command" not in container  # the image's ENTRYPOINT is saga-orchestrator
     assert container["args"] == [
         "run", "--scenario", "all", "--count", "3", "--concurrency", "2", "--output", "text",
-        "--run-id", "order-saga-orchestrator-1",
+        "--run-id", "$(RUN_ID)",
     ]
+    # One run id per Job object (a rollback or a reinstall that creates the Job again runs
+    # new sagas): its name and uid, put together by the kubelet.
+    uid, run_id = container["env"][0], container["env"][1]
+    assert uid == {"name": "JOB_UID", "valueFrom": {"fieldRef": {"apiVersion": "v1",
+        "fieldPath": "metadata.labels['batch.kubernetes.io/controller-uid']"}}}
+    assert run_id == {"name": "RUN_ID", "value": "order-saga-orchestrator-1-$(JOB_UID)"}
+    assert render.orchestrator_invocation()["args"][-1] == "order-saga-orchestrator-1-" + render.JOB_UID
+    # Helm deletes no Job: an upgrade or rollback never cuts a run short (TTL removes it).
+    assert job["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     env = env_dict(container)
     assert env["SAGA_ORDER_URL"] == "http://order-saga-order:50051"
     assert env["SAGA_PAYMENT_URL"] == "http://order-saga-payment:50052"
@@ -458,13 +467,15 @@ def test_recovery_cronjob_defaults(objs) -> None:
     (audit,) = pod["containers"]
     assert recover["args"] == ["recover", "--older-than", "30s"]
     assert audit["args"] == ["audit", "--older-than", "30s"]
-    # The same image, settings, trace export and lock-down as the Job.
+    # The same image, settings, trace export and lock-down as the Job (but for the Job's own
+    # run id).
     job_container = render.orchestrator_invocation()
+    job_env = {k: v for k, v in job_container["env"].items() if k not in ("JOB_UID", "RUN_ID")}
     for container in (recover, audit):
         assert container["image"] == job_container["image"]
         assert "command" not in container
         env = env_dict(container)
-        assert env == job_container["env"], container["name"]
+        assert env == job_env, container["name"]
         assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://order-saga-jaeger:4317"
 
 
@@ -494,7 +505,7 @@ def test_job_scenarios(name: str, scenario: str, count: str, concurrency: str) -
     args = render.orchestrator_invocation(VARIANTS[name])["args"]
     assert args == ["run", "--scenario", scenario, "--count", count,
                     "--concurrency", concurrency, "--output", "text",
-                    "--run-id", "order-saga-orchestrator-1"]
+                    "--run-id", "order-saga-orchestrator-1-" + render.JOB_UID]
 
 
 def test_job_run_options_and_traceparent() -> None:
@@ -509,7 +520,7 @@ def test_job_sharding_values() -> None:
     assert (job["spec"]["parallelism"], job["spec"]["completions"]) == (3, 6)
     # Every pod runs its shard (JOB_COMPLETION_INDEX) of the same run.
     (container,) = job["spec"]["template"]["spec"]["containers"]
-    assert container["args"][-4:] == ["--run-id", "order-saga-orchestrator-1", "--shard-count", "6"]
+    assert container["args"][-4:] == ["--run-id", "$(RUN_ID)", "--shard-count", "6"]
     # Helm holds numbers as float64: a large integer must not come out as 1e+06.
     assert job["spec"]["ttlSecondsAfterFinished"] == 1000000
     assert job["spec"]["completionMode"] == "Indexed"
@@ -560,7 +571,7 @@ def test_failure_scenarios_need_injection(scenario: str, service: str) -> None:
 def _otel(rendered: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, str]]:
     """The env of every app container, by (kind, container name)."""
     return {(o["kind"], c["name"]): env_dict(c) for o in workloads(rendered)
-            for c in containers(o) if c["name"] != "jaeger"}
+            for c in containers(o) if c["name"] != "jaeger" and not c["name"].startswith("wait-for-")}
 
 
 def test_tracing_to_bundled_jaeger(objs) -> None:
@@ -573,7 +584,13 @@ def test_tracing_to_bundled_jaeger(objs) -> None:
     service = find_one(objs, "Service", "jaeger")
     assert service["metadata"]["name"] == "order-saga-jaeger"
     assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == {
-        "otlp-grpc": 4317, "otlp-http": 4318, "ui": 16686}
+        "otlp-grpc": 4317, "otlp-http": 4318, "ui": 16686, "health": 13133}
+    # The Job starts once Jaeger is healthy, so that no span of the run is dropped.
+    job = find_one(objs, "Job", "saga-orchestrator")
+    (wait,) = pod_spec(job)["initContainers"]
+    assert wait["name"] == "wait-for-jaeger" and wait["image"] == container["image"]
+    assert "http://$JAEGER_HOST:13133/status" in wait["command"][-1]
+    assert env_dict(wait) == {"JAEGER_HOST": "order-saga-jaeger"}
     envs = _otel(objs)
     assert len(envs) == 7  # three services, the Job, recover and audit, the test pod
     for env in envs.values():
@@ -802,7 +819,11 @@ def test_network_policy_admits_the_services_to_postgresql() -> None:
     assert rule["ports"] == [{"port": "postgresql", "protocol": "TCP"}]
     (source,) = rule["from"]
     (expression,) = source["podSelector"]["matchExpressions"]
-    assert sorted(expression["values"]) == sorted(c for c, _, _, _ in SERVICES.values())
+    # The services, and the Job's wait-for-postgresql (pg_isready).
+    assert sorted(expression["values"]) == sorted(
+        [c for c, _, _, _ in SERVICES.values()] + ["saga-orchestrator"])
+    job = find_one(rendered, "Job")
+    assert [c["name"] for c in pod_spec(job)["initContainers"]] == ["wait-for-postgresql", "wait-for-jaeger"]
     for key in SERVICES:
         labels = _service(rendered, key)[0]["spec"]["template"]["metadata"]["labels"]
         assert source["podSelector"]["matchLabels"].items() <= labels.items()
@@ -897,13 +918,17 @@ def test_server_only_tls() -> None:
     assert _tls_volume(job) == [("saga-tls", "ca.crt", "ca.crt")]
 
 
-def test_network_policy_keeps_the_grpc_port_only_under_tls() -> None:
-    """The plaintext health port is for the kubelet, whose probes NetworkPolicy does not
-    filter in most CNIs: no rule admits other pods to it."""
+def test_network_policy_admits_the_health_port_under_tls() -> None:
+    """Under TLS the kubelet probes a plaintext health port (grpc.health.v1 only): admitted
+    from anywhere, for CNIs that filter the node's traffic too; gRPC only from orchestrators."""
     rendered = render.render(VARIANTS["everything"])
     for comp, _, _, _ in SERVICES.values():
-        (rule,) = find_one(rendered, "NetworkPolicy", comp)["spec"]["ingress"]
-        assert rule["ports"] == [{"port": "grpc", "protocol": "TCP"}]
+        grpc, health = find_one(rendered, "NetworkPolicy", comp)["spec"]["ingress"]
+        assert grpc["ports"] == [{"port": "grpc", "protocol": "TCP"}] and grpc["from"]
+        assert health == {"ports": [{"port": "health", "protocol": "TCP"}]}
+        container = find_one(rendered, "Deployment", comp)["spec"]["template"]["spec"]["containers"][0]
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert container["readinessProbe"]["grpc"]["port"] == ports["health"]
 
 
 def test_notes_under_tls_and_postgres() -> None:
@@ -942,9 +967,10 @@ def test_network_policies() -> None:
         assert rule["ports"] == [{"port": "grpc", "protocol": "TCP"}]
     # Orchestrator pods take no ingress at all.
     assert "ingress" not in policies["saga-orchestrator"]["spec"]
-    # Jaeger takes OTLP from any pod of the release, nothing else.
-    (rule,) = policies["jaeger"]["spec"]["ingress"]
+    # Jaeger takes OTLP from any pod of the release, and health checks from anywhere.
+    rule, health = policies["jaeger"]["spec"]["ingress"]
     assert {p["port"] for p in rule["ports"]} == {"otlp-grpc", "otlp-http"}
+    assert health == {"ports": [{"port": "health", "protocol": "TCP"}]}
     release_pods = rule["from"][0]["podSelector"]["matchLabels"]
     assert release_pods == {"app.kubernetes.io/name": "order-saga",
                             "app.kubernetes.io/instance": "order-saga"}
@@ -965,8 +991,9 @@ def test_helm_test_pod_runs_one_success_saga(objs) -> None:
     env = env_dict(container)
     assert env["SAGA_WAIT_READY_SECS"] == "60"
     job_env = render.orchestrator_invocation()["env"]
-    assert {k: v for k, v in env.items() if k != "SAGA_WAIT_READY_SECS"} == {
-        k: v for k, v in job_env.items() if k != "SAGA_WAIT_READY_SECS"}
+    job_only = {"SAGA_WAIT_READY_SECS", "JOB_UID", "RUN_ID"}
+    assert {k: v for k, v in env.items() if k not in job_only} == {
+        k: v for k, v in job_env.items() if k not in job_only}
 
 
 def test_notes_give_the_commands() -> None:
@@ -976,11 +1003,15 @@ def test_notes_give_the_commands() -> None:
     assert "grpcurl -plaintext localhost:50052 list" in text
     assert "kubectl --namespace default port-forward svc/order-saga-jaeger 16686" in text
     assert "kubectl --namespace default logs job/order-saga-orchestrator-1" in text
+    # Waiting ends on a failed Job too (kubectl wait --for=condition=complete would not).
+    assert "grep -qE 'Complete|Failed'" in text
     assert "helm test order-saga" in text
     assert "svc/order-saga-jaeger" not in render.notes(VARIANTS["no-tracing"])
     # Where the records are, and how to re-check the run (3 x "all" = 9 sagas).
     assert "order-saga-order-data" in text
-    assert "verify --run-id order-saga-orchestrator-1 --count 9" in text
+    assert ("RUN_ID=order-saga-orchestrator-1-$(kubectl --namespace default get"
+            " job/order-saga-orchestrator-1 -o jsonpath='{.metadata.uid}')") in text
+    assert 'verify --run-id $RUN_ID --count 9' in text
     assert "emptyDir" in render.notes(VARIANTS["persistence-off"])
     mix = render.notes({"job": {"mix": "success=1", "count": 50, "runId": "r1"}})
     assert "verify --run-id r1 --count 50" in mix
@@ -1262,3 +1293,14 @@ def test_invocation_helpers() -> None:
         assert svc["health_port"] == port
     tls = render.service_invocations(VARIANTS["tls"])
     assert {svc["health_port"] for svc in tls.values()} == {8086}
+
+
+def test_k8s_manifest_objects_are_adoptable_by_helm() -> None:
+    """k8s/ objects say managed-by: Helm, so they carry Helm's ownership annotations too: a
+    later `helm install order-saga` into the same namespace adopts them instead of failing."""
+    for obj in yaml.safe_load_all(render.K8S_MANIFEST.read_text()):
+        if not obj:
+            continue
+        assert obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"
+        assert obj["metadata"]["annotations"]["meta.helm.sh/release-name"] == "order-saga"
+        assert obj["metadata"]["annotations"]["meta.helm.sh/release-namespace"] == "default"

@@ -89,6 +89,23 @@ Object names. Each is cut so that the suffix still fits in 63 characters.
 {{- printf "%s-jaeger" (include "order-saga.fullname" . | trunc 56 | trimSuffix "-") }}
 {{- end }}
 
+{{- /* The Job of this revision: <release>-orchestrator-<revision>. A Job may outlive its
+release (helm.sh/resource-policy: keep, see job.yaml), so after `helm uninstall` and a new
+`helm install` (revision 1 again) that name can be taken: then the name gets a suffix from
+the uid of the Job that has it (repeated while taken). Offline (`helm template`, k8s/) the
+lookup finds nothing and the name is the plain one. */}}
+{{- define "order-saga.jobName" -}}
+{{- $name := printf "%s-%d" (include "order-saga.orchestratorName" . | trunc 52 | trimSuffix "-") (int64 .Release.Revision) }}
+{{- $candidate := $name }}
+{{- range $i := until 8 }}
+{{- $old := lookup "batch/v1" "Job" $.Release.Namespace $candidate }}
+{{- if $old }}
+{{- $candidate = printf "%s-%s" $name (sha256sum $old.metadata.uid | trunc 4) }}
+{{- end }}
+{{- end }}
+{{- $candidate }}
+{{- end }}
+
 {{- define "order-saga.orchestratorName" -}}
 {{- printf "%s-orchestrator" (include "order-saga.fullname" . | trunc 40 | trimSuffix "-") }}
 {{- end }}
@@ -161,6 +178,17 @@ upstream image, e.g. "jaeger.image"; empty for the app images> "extra" (list ...
 {{- range $i, $skip := $skips }}
 checkov.io/skip{{ add1 $i }}: {{ $skip }}
 {{- end }}
+{{- end }}
+
+{{- /* Resources of the init containers that wait for a dependency (wait-for-postgresql,
+wait-for-jaeger). */}}
+{{- define "order-saga.waitResources" -}}
+requests:
+  cpu: 10m
+  memory: 16Mi
+limits:
+  cpu: 100m
+  memory: 32Mi
 {{- end }}
 
 {{/*
@@ -303,9 +331,12 @@ Arguments of `saga-orchestrator run` from .Values.job (the image's ENTRYPOINT is
 - {{ $j.concurrency | int64 | toString | quote }}
 - --output
 - {{ $j.output | quote }}
-{{- /* A fixed run id per revision: a retried pod, or another shard, addresses the same sagas. */}}
+{{- /* One run id per Job object: a retried pod, or another shard, addresses the same sagas,
+and a Job that `helm rollback` (or a reinstall) creates again runs new ones instead of
+re-settling old ones. RUN_ID is <job name>-<the Job's uid>, put together by the kubelet
+($(VAR) expansion; see the Job's env). */}}
 - --run-id
-- {{ $j.runId | default (printf "%s-%d" (include "order-saga.orchestratorName" .) (int64 .Release.Revision)) | quote }}
+- {{ $j.runId | default "$(RUN_ID)" | quote }}
 {{- if gt (int64 $j.completions) 1 }}
 {{- /* Each pod runs its share; Kubernetes sets JOB_COMPLETION_INDEX, the shard index. */}}
 - --shard-count

@@ -105,12 +105,7 @@ spec:
             - name: PGUSER
               value: {{ $pg.auth.username | quote }}
           resources:
-            requests:
-              cpu: 10m
-              memory: 16Mi
-            limits:
-              cpu: 100m
-              memory: 32Mi
+            {{- include "order-saga.waitResources" $root | nindent 12 }}
           securityContext:
             {{- include "order-saga.containerSecurityContext" 65532 | nindent 12 }}
       {{- end }}
@@ -195,26 +190,30 @@ spec:
           # Native gRPC probes ask for the named service: tonic-health reports the
           # overall "" SERVING as soon as it starts, the named one only once its store is
           # open and it listens.{{ if $tls.enabled }} With TLS they go to the plaintext health port.{{ end }}
+          # Timeouts and thresholds leave room for a busy node, where one slow answer (a 1 s
+          # timeout, failureThreshold 1) dropped a healthy pod from its Service. A pod being
+          # shut down leaves the endpoints when it is deleted, not through this probe.
           startupProbe:
             grpc:
               port: {{ $probePort }}
               service: {{ $facts.healthService }}
             periodSeconds: 1
-            failureThreshold: 30
+            failureThreshold: 60
+            timeoutSeconds: 3
           readinessProbe:
             grpc:
               port: {{ $probePort }}
               service: {{ $facts.healthService }}
             periodSeconds: 2
-            failureThreshold: 1
-            timeoutSeconds: 1
+            failureThreshold: 3
+            timeoutSeconds: 3
           livenessProbe:
             grpc:
               port: {{ $probePort }}
               service: {{ $facts.healthService }}
             periodSeconds: 10
             failureThreshold: 3
-            timeoutSeconds: 2
+            timeoutSeconds: 5
           resources:
             {{- toYaml $svc.resources | nindent 12 }}
           securityContext:
