@@ -335,6 +335,8 @@ impl Process {
             .env(format!("{prefix}_LISTEN_ADDR"), addr.to_string())
             .env(format!("{prefix}_STORE__DATA_DIR"), &data_dir)
             .env(format!("{prefix}_SHUTDOWN__DRAIN_DELAY_MS"), "0")
+            // Many services run at once: the default metrics ports (9091-9093) would clash.
+            .env(format!("{prefix}_METRICS_LISTEN_ADDR"), "127.0.0.1:0")
             .env("LOG_FORMAT", "json")
             .stdout(std::process::Stdio::null())
             // A file, not a pipe nobody reads: a busy service would block on a full pipe.
