@@ -133,11 +133,7 @@ async fn prometheus_counts_what_the_batch_did() {
         }
     }
     let n = |outcome: &str| outcomes.get(outcome).copied().unwrap_or(0);
-    let (s, p, f) = (
-        n("completed"),
-        n("payment_failed"),
-        n("shipping_failed"),
-    );
+    let (s, p, f) = (n("completed"), n("payment_failed"), n("shipping_failed"));
     assert_eq!(s + p + f, 50, "{outcomes:?}");
     assert!(s > 0 && p > 0 && f > 0, "a mix of all three: {outcomes:?}");
 

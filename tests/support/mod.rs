@@ -464,7 +464,9 @@ pub fn http_get(url: &str, query: &[(&str, &str)]) -> Option<String> {
     let mut command = std::process::Command::new("curl");
     command.args(["-fsS", "--max-time", "5", "-G", url]);
     for (key, value) in query {
-        command.arg("--data-urlencode").arg(format!("{key}={value}"));
+        command
+            .arg("--data-urlencode")
+            .arg(format!("{key}={value}"));
     }
     let output = command.output().ok()?;
     output
