@@ -85,7 +85,10 @@ fn bar(count: u64, max: u64) -> String {
 
 /// A bucket's label: `< 1 ms`, `1-2`, … `≥ 60000`.
 fn bucket_label(index: usize) -> String {
-    match (index.checked_sub(1).map(|i| BUCKETS_MS[i]), BUCKETS_MS.get(index)) {
+    match (
+        index.checked_sub(1).map(|i| BUCKETS_MS[i]),
+        BUCKETS_MS.get(index),
+    ) {
         (None, Some(high)) => format!("< {high}"),
         (Some(low), Some(high)) => format!("{low}-{high}"),
         (Some(low), None) => format!(">= {low}"),
@@ -338,19 +341,32 @@ mod tests {
         let summary = stats.summary("r", 18, Duration::from_secs(1));
         let text = summary.histogram();
         let lines: Vec<&str> = text.lines().collect();
-        // From the 2-5 ms bucket to the 100-200 ms one: 5 buckets per outcome.
-        assert_eq!(lines.len(), 1 + 2 * (1 + 5), "{text}");
+        // From the 2-5 ms bucket to the 100-200 ms one: 6 buckets per outcome.
+        assert_eq!(lines.len(), 1 + 2 * (1 + 6), "{text}");
         assert_eq!(lines[1], "  completed (16 sagas)");
         let full = "█".repeat(BAR_WIDTH);
         assert_eq!(lines[2], format!("  {:>13} │{full} 10", "2-5"));
-        assert_eq!(lines[3], format!("  {:>13} │{:<40} 5", "5-10", "█".repeat(20)));
+        assert_eq!(
+            lines[3],
+            format!("  {:>13} │{:<40} 5", "5-10", "█".repeat(20))
+        );
         assert_eq!(lines[4], format!("  {:>13} │{:<40} 0", "10-20", ""));
-        assert_eq!(lines[6], format!("  {:>13} │{:<40} 1", "100-200", "████"));
-        assert_eq!(lines[7], "  payment_failed (2 sagas)");
-        assert_eq!(lines[10], format!("  {:>13} │{full} 2", "10-20"));
+        assert_eq!(lines[7], format!("  {:>13} │{:<40} 1", "100-200", "████"));
+        assert_eq!(lines[8], "  payment_failed (2 sagas)");
+        assert_eq!(lines[11], format!("  {:>13} │{full} 2", "10-20"));
         assert!(summary.to_text().ends_with(&text));
+        // Eighths of a block: 1 of 3 is 13.3 blocks, drawn 13 and 3/8.
+        assert_eq!(bar(1, 3), format!("{}▍", "█".repeat(13)));
+        assert_eq!(bar(0, 3), "");
         assert_eq!(bucket_label(0), "< 1");
         assert_eq!(bucket_label(BUCKETS_MS.len()), ">= 60000");
-        assert_eq!(Summary { buckets_by_outcome: BTreeMap::new(), ..summary }.histogram(), "");
+        assert_eq!(
+            Summary {
+                buckets_by_outcome: BTreeMap::new(),
+                ..summary
+            }
+            .histogram(),
+            ""
+        );
     }
 }
