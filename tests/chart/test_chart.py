@@ -283,11 +283,15 @@ def test_service_deployment_and_service(objs, key: str) -> None:
     assert container["name"] == comp
     assert container["image"] == f"order-saga/{comp}:0.1.0"
     assert container["imagePullPolicy"] == "IfNotPresent"
-    assert container["ports"] == [{"name": "grpc", "containerPort": port, "protocol": "TCP"}]
+    assert container["ports"] == [
+        {"name": "grpc", "containerPort": port, "protocol": "TCP"},
+        {"name": "metrics", "containerPort": 9090, "protocol": "TCP"},
+    ]
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert container[probe]["grpc"] == {"port": port, "service": health}, probe
     env = env_dict(container)
     assert env[f"{prefix}_LISTEN_ADDR"] == f"0.0.0.0:{port}"
+    assert env[f"{prefix}_METRICS_LISTEN_ADDR"] == "0.0.0.0:9090"
     assert env[f"{prefix}_SHUTDOWN__DRAIN_DELAY_MS"] == "3000"
     assert env[f"{prefix}_SHUTDOWN__GRACE_PERIOD_SECS"] == "10"
     assert env[f"{prefix}_FAULTS__TRANSIENT_ERROR_RATE"] == "0"
@@ -305,8 +309,13 @@ def test_service_deployment_and_service(objs, key: str) -> None:
     service = find_one(objs, "Service", comp)
     assert service["metadata"]["name"] == f"order-saga-{key}"
     assert service["spec"]["ports"] == [
-        {"name": "grpc", "port": port, "targetPort": "grpc", "protocol": "TCP", "appProtocol": "grpc"}
+        {"name": "grpc", "port": port, "targetPort": "grpc", "protocol": "TCP", "appProtocol": "grpc"},
+        {"name": "metrics", "port": 9090, "targetPort": "metrics", "protocol": "TCP", "appProtocol": "http"},
     ]
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations == {
+        "prometheus.io/scrape": "true", "prometheus.io/port": "9090", "prometheus.io/path": "/metrics",
+    }
 
 
 def test_service_env_is_only_its_own_settings(variant) -> None:
@@ -314,7 +323,7 @@ def test_service_env_is_only_its_own_settings(variant) -> None:
     is not one of its settings, and nothing but its settings, RUST_LOG and OTEL_*."""
     name, rendered = variant
     values = values_of(name)
-    known = {"LISTEN_ADDR", "SHUTDOWN__DRAIN_DELAY_MS", "SHUTDOWN__GRACE_PERIOD_SECS",
+    known = {"LISTEN_ADDR", "METRICS_LISTEN_ADDR", "SHUTDOWN__DRAIN_DELAY_MS", "SHUTDOWN__GRACE_PERIOD_SECS",
              "FAULTS__TRANSIENT_ERROR_RATE", "FAULTS__LATENCY_MS", "STORE__BACKEND",
              "LIMITS__MAX_CONCURRENT_REQUESTS", "LIMITS__REQUEST_TIMEOUT_MS"}
     business = {"FAULTS__FAILURE_RATE", "FAULTS__ALLOW_INJECTION"}
@@ -595,6 +604,8 @@ def test_tracing_to_bundled_jaeger(objs) -> None:
     assert len(envs) == 7  # three services, the Job, recover and audit, the test pod
     for env in envs.values():
         assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://order-saga-jaeger:4317"
+        # Jaeger takes traces only; metrics are scraped.
+        assert env["OTEL_METRICS_EXPORTER"] == "none"
 
 
 def test_tracing_to_an_existing_collector() -> None:
@@ -602,6 +613,7 @@ def test_tracing_to_an_existing_collector() -> None:
     assert find(rendered, "Deployment", "jaeger") == [] and find(rendered, "Service", "jaeger") == []
     for env in _otel(rendered).values():
         assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector.observability:4317"
+        assert "OTEL_METRICS_EXPORTER" not in env  # a collector takes metrics too
 
 
 def test_no_endpoint_without_jaeger_or_collector() -> None:
@@ -838,7 +850,7 @@ def test_tls_is_off_by_default(objs) -> None:
     for key, (_, prefix, port, _) in SERVICES.items():
         _, container, env = _service(objs, key)
         assert not [n for n in env if "TLS" in n or n.endswith("HEALTH_LISTEN_ADDR")]
-        assert [p["name"] for p in container["ports"]] == ["grpc"]
+        assert [p["name"] for p in container["ports"]] == ["grpc", "metrics"]
         assert container["readinessProbe"]["grpc"]["port"] == port
     for obj in find(objs, "Job") + find(objs, "Pod"):
         (container,) = pod_spec(obj)["containers"]
@@ -872,7 +884,8 @@ def test_mutual_tls() -> None:
         assert values[f"{prefix}_LISTEN_ADDR"] == f"0.0.0.0:{port}"
         assert container["ports"] == [
             {"name": "grpc", "containerPort": port, "protocol": "TCP"},
-            {"name": "health", "containerPort": 8086, "protocol": "TCP"}]
+            {"name": "health", "containerPort": 8086, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": 9090, "protocol": "TCP"}]
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             assert container[probe]["grpc"] == {"port": 8086, "service": health}, probe
         assert _mounts(container)["/etc/order-saga/tls"] == {
@@ -880,9 +893,9 @@ def test_mutual_tls() -> None:
         assert _tls_volume(deployment) == [("saga-tls", "tls.crt", "tls.crt"),
                                            ("saga-tls", "tls.key", "tls.key"),
                                            ("saga-client", "ca.crt", "client-ca.crt")]
-        # The Service exposes only the TLS port.
+        # The Service exposes the TLS port and metrics, not the plaintext health port.
         service = find_one(rendered, "Service", comp)
-        assert [p["name"] for p in service["spec"]["ports"]] == ["grpc"]
+        assert [p["name"] for p in service["spec"]["ports"]] == ["grpc", "metrics"]
     orchestrators = find(rendered, "Job") + find(rendered, "Pod")
     assert len(orchestrators) == 2
     for obj in orchestrators:
@@ -920,12 +933,14 @@ def test_server_only_tls() -> None:
 
 def test_network_policy_admits_the_health_port_under_tls() -> None:
     """Under TLS the kubelet probes a plaintext health port (grpc.health.v1 only): admitted
-    from anywhere, for CNIs that filter the node's traffic too; gRPC only from orchestrators."""
+    from anywhere, for CNIs that filter the node's traffic too; gRPC only from orchestrators;
+    the third rule is for scrapes."""
     rendered = render.render(VARIANTS["everything"])
     for comp, _, _, _ in SERVICES.values():
-        grpc, health = find_one(rendered, "NetworkPolicy", comp)["spec"]["ingress"]
+        grpc, health, scrapes = find_one(rendered, "NetworkPolicy", comp)["spec"]["ingress"]
         assert grpc["ports"] == [{"port": "grpc", "protocol": "TCP"}] and grpc["from"]
         assert health == {"ports": [{"port": "health", "protocol": "TCP"}]}
+        assert scrapes["ports"] == [{"port": "metrics", "protocol": "TCP"}]
         container = find_one(rendered, "Deployment", comp)["spec"]["template"]["spec"]["containers"][0]
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
         assert container["readinessProbe"]["grpc"]["port"] == ports["health"]
@@ -959,7 +974,9 @@ def test_network_policies() -> None:
         pod_labels = find_one(rendered, "Deployment", comp)["spec"]["template"]["metadata"]["labels"]
         assert spec["podSelector"]["matchLabels"].items() <= pod_labels.items()
         assert spec["policyTypes"] == ["Ingress"]
-        (rule,) = spec["ingress"]
+        # gRPC from the orchestrators; scrapes to the metrics port only.
+        rule, scrapes = spec["ingress"]
+        assert scrapes == {"ports": [{"port": "metrics", "protocol": "TCP"}]}
         (source,) = rule["from"]
         assert source["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "saga-orchestrator"
         assert source["podSelector"]["matchLabels"].items() <= orchestrator_labels.items()
@@ -1304,3 +1321,46 @@ def test_k8s_manifest_objects_are_adoptable_by_helm() -> None:
         assert obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"
         assert obj["metadata"]["annotations"]["meta.helm.sh/release-name"] == "order-saga"
         assert obj["metadata"]["annotations"]["meta.helm.sh/release-namespace"] == "default"
+
+
+# --- metrics ---------------------------------------------------------------------------
+
+
+def test_service_monitor_only_when_enabled(objs) -> None:
+    assert not [o for o in objs if o["kind"] == "ServiceMonitor"]
+    rendered = render.render({"metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "kps"}}}})
+    (monitor,) = [o for o in rendered if o["kind"] == "ServiceMonitor"]
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["labels"]["release"] == "kps"
+    assert monitor["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "30s"}]
+    selected = monitor["spec"]["selector"]
+    assert selected["matchExpressions"][0]["values"] == [SERVICES[k][0] for k in ("order", "payment", "shipping")]
+    for key in SERVICES:
+        labels = find_one(rendered, "Service", SERVICES[key][0])["metadata"]["labels"]
+        assert all(labels[k] == v for k, v in selected["matchLabels"].items())
+
+
+def test_metrics_off_renders_no_port_annotation_or_monitor() -> None:
+    rendered = render.render({"metrics": {"enabled": False, "serviceMonitor": {"enabled": True}},
+                              "networkPolicy": {"enabled": True}})
+    assert not [o for o in rendered if o["kind"] == "ServiceMonitor"]
+    for key, (comp, prefix, _, _) in SERVICES.items():
+        deployment = find_one(rendered, "Deployment", comp)
+        (container,) = pod_spec(deployment)["containers"]
+        assert [p["name"] for p in container["ports"]] == ["grpc"]
+        assert env_dict(container)[f"{prefix}_METRICS_LISTEN_ADDR"] == ""
+        assert "annotations" not in deployment["spec"]["template"]["metadata"]
+        policy = find_one(rendered, "NetworkPolicy", comp)
+        assert all(p["port"] != "metrics" for rule in policy["spec"]["ingress"] for p in rule["ports"])
+
+
+def test_network_policy_admits_scrapes_to_the_metrics_port_only() -> None:
+    rendered = render.render({"networkPolicy": {"enabled": True}})
+    peers = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    limited = render.render({"networkPolicy": {"enabled": True}, "metrics": {"networkPolicyFrom": peers}})
+    for comp, _, _, _ in SERVICES.values():
+        rules = find_one(rendered, "NetworkPolicy", comp)["spec"]["ingress"]
+        assert rules[1] == {"ports": [{"port": "metrics", "protocol": "TCP"}]}
+        assert rules[0]["ports"] == [{"port": "grpc", "protocol": "TCP"}]
+        rules = find_one(limited, "NetworkPolicy", comp)["spec"]["ingress"]
+        assert rules[1] == {"ports": [{"port": "metrics", "protocol": "TCP"}], "from": peers}

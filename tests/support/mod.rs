@@ -335,6 +335,8 @@ impl Process {
             .env(format!("{prefix}_LISTEN_ADDR"), addr.to_string())
             .env(format!("{prefix}_STORE__DATA_DIR"), &data_dir)
             .env(format!("{prefix}_SHUTDOWN__DRAIN_DELAY_MS"), "0")
+            // Many services run at once: the default metrics ports (9091-9093) would clash.
+            .env(format!("{prefix}_METRICS_LISTEN_ADDR"), "127.0.0.1:0")
             .env("LOG_FORMAT", "json")
             .stdout(std::process::Stdio::null())
             // A file, not a pipe nobody reads: a busy service would block on a full pipe.
@@ -455,3 +457,65 @@ impl Services {
     }
 }
 pub mod collector;
+
+/// The body of a GET of `url` (curl, bounded to 5 s), or `None` on any failure; `query`
+/// pairs are URL-encoded.
+pub fn http_get(url: &str, query: &[(&str, &str)]) -> Option<String> {
+    let mut command = std::process::Command::new("curl");
+    command.args(["-fsS", "--max-time", "5", "-G", url]);
+    for (key, value) in query {
+        command
+            .arg("--data-urlencode")
+            .arg(format!("{key}={value}"));
+    }
+    let output = command.output().ok()?;
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// A pinned Go-built tool (Prometheus, Jaeger) running as a child process; killed when
+/// dropped, with its log kept in its directory.
+pub struct Tool {
+    pub child: std::process::Child,
+    pub dir: PathBuf,
+}
+
+impl Tool {
+    /// Starts `.tools/bin/<name>` with `args` in a fresh directory (its working directory).
+    pub fn start(name: &str, args: &[String], dir: PathBuf) -> Self {
+        let child = std::process::Command::new(tool(name))
+            .args(args)
+            .current_dir(&dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join("log")).unwrap())
+            .spawn()
+            .unwrap();
+        Self { child, dir }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
+    }
+
+    /// Waits until `url` answers 2xx; on failure, prints the tool's log.
+    pub async fn wait_ready(&self, url: &str) -> bool {
+        let ready = eventually(Duration::from_secs(60), || async {
+            http_get(url, &[]).is_some()
+        })
+        .await;
+        if !ready {
+            eprintln!("{url} never answered; the log:\n{}", self.log());
+        }
+        ready
+    }
+}
+
+impl Drop for Tool {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

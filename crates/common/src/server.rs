@@ -16,7 +16,7 @@ use tonic_health::server::HealthReporter;
 
 use crate::config::{self, EXIT_BAD_CONFIG};
 use crate::settings::{FaultSettings, Limits, OpenStore, ServiceSettings, ShutdownSettings};
-use crate::telemetry::GrpcTraceLayer;
+use crate::telemetry::{GrpcTraceLayer, RpcMetricsLayer};
 
 /// Process exit code when a dependency (the store) cannot be reached (EX_UNAVAILABLE).
 pub const EXIT_UNAVAILABLE: u8 = 69;
@@ -128,7 +128,12 @@ where
         .concurrency_limit_per_connection(limits.max_concurrent_requests.max(1))
         .load_shed(true)
         .timeout(Duration::from_millis(limits.request_timeout_ms.max(1)))
-        // Outermost first: an injected fault shows in the call's server span.
+        // Outermost first: an injected fault shows in the call's server span and metrics; the
+        // metrics layer polls the trace layer's boxed future in place (no second box).
+        .layer(RpcMetricsLayer::new(
+            S::NAME,
+            saga_proto::FILE_DESCRIPTOR_SET,
+        ))
         .layer(GrpcTraceLayer)
         .layer(crate::faults::FaultLayer::new(faults))
         .add_service(health)
@@ -207,13 +212,22 @@ struct ServiceCli {
     config: Option<std::path::PathBuf>,
 }
 
+/// The ports a service listens on unless its settings say otherwise.
+#[derive(Debug, Clone, Copy)]
+pub struct DefaultPorts {
+    pub grpc: u16,
+    /// `GET /metrics`.
+    pub metrics: u16,
+}
+
 /// The whole life of a service binary: settings, telemetry, TLS, store, bind, serve, drain,
-/// flush. `env_prefix` names its environment variables, `default_port` is used when
-/// `listen_addr` is unset; `make` builds the gRPC service from settings and the opened store.
+/// flush. `env_prefix` names its environment variables, `ports` are used when `listen_addr`
+/// or `metrics_listen_addr` is unset; `make` builds the gRPC service from settings and the
+/// opened store.
 pub async fn run_service<F, St, T, S>(
     name: &str,
     env_prefix: &str,
-    default_port: u16,
+    ports: DefaultPorts,
     make: impl FnOnce(&ServiceSettings<F, St>, T) -> S,
 ) -> ExitCode
 where
@@ -230,7 +244,8 @@ where
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
-    let telemetry = crate::telemetry::init(name);
+    let metrics_addr = settings.metrics_listen_addr.resolve(ports.metrics);
+    let telemetry = crate::telemetry::init_with(name, metrics_addr.is_some());
     // TLS before the store: a bad path fails fast, without creating a database.
     let tls = match settings.tls.config() {
         Ok(tls) => tls,
@@ -250,7 +265,7 @@ where
     };
     let addr = settings
         .listen_addr
-        .unwrap_or(SocketAddr::from(([0, 0, 0, 0], default_port)));
+        .unwrap_or(SocketAddr::from(([0, 0, 0, 0], ports.grpc)));
     let listener = match TcpListener::bind(addr).await {
         Ok(listener) => listener,
         Err(err) => {
@@ -272,6 +287,29 @@ where
             }
         },
     };
+    let metrics = match (metrics_addr, telemetry.registry()) {
+        (Some(metrics_addr), Some(registry)) => match TcpListener::bind(metrics_addr).await {
+            Ok(listener) => {
+                let bound = listener.local_addr().unwrap_or(metrics_addr);
+                tracing::info!(metrics_addr = %bound, "metrics at GET /metrics");
+                let serving = crate::telemetry::exposition::serve(
+                    listener,
+                    registry.clone(),
+                    std::future::pending(),
+                );
+                Some(tokio::spawn(serving))
+            }
+            Err(err) => {
+                let variable = format!("{env_prefix}_METRICS_LISTEN_ADDR");
+                tracing::error!(%metrics_addr, %err, "cannot listen for metrics; is another process using the port? Set {variable} to another address, or to the empty string to turn metrics off");
+                eprintln!(
+                    "{name}: cannot listen for metrics on {metrics_addr}: {err}; set {variable} to another address, or empty to turn metrics off"
+                );
+                return ExitCode::FAILURE;
+            }
+        },
+        _ => None,
+    };
     let options = ServeOptions {
         shutdown: settings.shutdown.clone(),
         limits: settings.limits,
@@ -281,6 +319,10 @@ where
     };
     let service = make(&settings, store);
     let served = serve(service, listener, options, crate::shutdown::signal()).await;
+    // Scrapes are answered through the drain; they stop with the process.
+    if let Some(metrics) = metrics {
+        metrics.abort();
+    }
     // The last spans leave before the process does.
     telemetry.shutdown().await;
     match served {

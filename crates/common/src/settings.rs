@@ -48,6 +48,47 @@ pub struct ServiceSettings<F, St> {
     /// A second, plaintext listener serving only `grpc.health.v1.Health`: kubelet gRPC probes
     /// cannot speak TLS.
     pub health_listen_addr: Option<SocketAddr>,
+    /// The plaintext HTTP listener of `GET /metrics` (`<PREFIX>_METRICS_LISTEN_ADDR`): the
+    /// service's own metrics port on `0.0.0.0` when unset, none when empty.
+    pub metrics_listen_addr: MetricsListen,
+}
+
+/// Where the Prometheus exposition listens.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum MetricsListen {
+    /// Unset: `0.0.0.0` and the service's default metrics port.
+    #[default]
+    Default,
+    /// Set to the empty string: no metrics listener.
+    Off,
+    Addr(SocketAddr),
+}
+
+impl MetricsListen {
+    /// The address to bind, if any, with `default_port` for [`MetricsListen::Default`].
+    pub fn resolve(self, default_port: u16) -> Option<SocketAddr> {
+        match self {
+            MetricsListen::Default => Some(SocketAddr::from(([0, 0, 0, 0], default_port))),
+            MetricsListen::Off => None,
+            MetricsListen::Addr(addr) => Some(addr),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for MetricsListen {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        let text = text.trim();
+        if text.is_empty() {
+            return Ok(MetricsListen::Off);
+        }
+        text.parse().map(MetricsListen::Addr).map_err(|_| {
+            serde::de::Error::custom(format!(
+                "metrics_listen_addr '{text}' is not an address such as 0.0.0.0:9091 (empty \
+                 turns metrics off)"
+            ))
+        })
+    }
 }
 
 /// Settings that open a service's store: `saga_store::StoreSettings`, which keeps the database
@@ -170,5 +211,32 @@ mod tests {
         assert!(unparsable.contains("certificate or key"), "{unparsable}");
         assert!(ServerTls::default().config().unwrap().is_none());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    type Plain = ServiceSettings<crate::faults::TransientFaults, Empty>;
+
+    #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+    struct Empty {}
+
+    fn metrics_addr(value: Option<&str>) -> Result<MetricsListen, String> {
+        let vars = value.map(|v| [("ORDER_METRICS_LISTEN_ADDR".to_owned(), v.to_owned())].into());
+        crate::config::load_with::<Plain>("ORDER", None, vars.or(Some(Default::default())))
+            .map(|s| s.metrics_listen_addr)
+            .map_err(|err| err.to_string())
+    }
+
+    #[test]
+    fn metrics_listen_addr_unset_empty_or_an_address() {
+        assert_eq!(metrics_addr(None), Ok(MetricsListen::Default));
+        assert_eq!(metrics_addr(Some("")), Ok(MetricsListen::Off));
+        let addr = metrics_addr(Some("127.0.0.1:0")).unwrap();
+        assert_eq!(addr, MetricsListen::Addr(([127, 0, 0, 1], 0).into()));
+        let bad = metrics_addr(Some("9091")).unwrap_err();
+        assert!(bad.contains("metrics_listen_addr"), "{bad}");
+        assert_eq!(
+            MetricsListen::Default.resolve(9092),
+            Some(([0, 0, 0, 0], 9092).into())
+        );
+        assert_eq!(MetricsListen::Off.resolve(9092), None);
     }
 }

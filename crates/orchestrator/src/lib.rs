@@ -11,6 +11,7 @@ pub mod cmd;
 #[cfg(test)]
 mod fake;
 pub mod grpc;
+pub mod metrics;
 pub mod participants;
 pub mod recover;
 pub mod report;

@@ -22,6 +22,18 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Its name in JSON and in metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::Completed => "completed",
+            Outcome::PaymentFailed => "payment_failed",
+            Outcome::ShippingFailed => "shipping_failed",
+            Outcome::ApprovalFailed => "approval_failed",
+            Outcome::Failed => "failed",
+            Outcome::CompensationFailed => "compensation_failed",
+        }
+    }
+
     /// The line printed for the saga.
     pub fn headline(self) -> &'static str {
         match self {

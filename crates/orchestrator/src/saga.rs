@@ -226,8 +226,10 @@ impl<P: Participants> Saga<'_, P> {
             let report = &mut run.report;
             report.outcome = outcome;
             report.reason = (!reason.is_empty()).then_some(reason);
-            report.duration_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            let elapsed = started.elapsed();
+            report.duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
             report.duration_ms = report.duration_us / 1000;
+            crate::metrics::saga(outcome, elapsed.as_secs_f64());
             if self.verify {
                 let span = tracing::info_span!("saga.verify", otel.name = "verify");
                 crate::verify::check(self.participants, self.retry, report)
@@ -543,6 +545,7 @@ impl<P: Participants> Saga<'_, P> {
             Err(failed) => ("error", status_text(&failed.status), failed.attempts),
         };
         span.record("saga.attempts", attempts);
+        crate::metrics::step(step, compensation, attempts, result.is_ok());
         if let Ok((value, _)) = &result {
             value.remember(report);
         }

@@ -37,6 +37,63 @@ pub struct Summary {
     pub step_errors: u64,
     pub latency: Latency,
     pub latency_by_outcome: BTreeMap<String, Latency>,
+    /// Sagas per latency bucket ([`BUCKETS_MS`]) per outcome, for the text histogram.
+    #[serde(skip)]
+    pub buckets_by_outcome: BTreeMap<String, Vec<u64>>,
+}
+
+/// Upper bounds (exclusive) of the histogram's buckets in milliseconds, log-spaced 1-2-5; the
+/// last bucket holds everything beyond.
+pub const BUCKETS_MS: [u64; 15] = [
+    1, 2, 5, 10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 30_000, 60_000,
+];
+
+/// Sagas of `h` (microseconds) in each bucket of [`BUCKETS_MS`], one more for the overflow.
+fn buckets(h: &Histogram<u64>) -> Vec<u64> {
+    let mut low = 0;
+    let mut counts: Vec<u64> = BUCKETS_MS
+        .iter()
+        .map(|&high_ms| {
+            let high = high_ms * 1000;
+            let count = h.count_between(low, high - 1);
+            low = high;
+            count
+        })
+        .collect();
+    counts.push(h.count_between(low, u64::MAX));
+    counts
+}
+
+/// The width of the longest bar, in characters.
+const BAR_WIDTH: usize = 40;
+
+/// A bar `count / max` of [`BAR_WIDTH`], in eighths of a block.
+fn bar(count: u64, max: u64) -> String {
+    const EIGHTHS: [char; 8] = [' ', '▏', '▎', '▍', '▌', '▋', '▊', '▉'];
+    if max == 0 || count == 0 {
+        return String::new();
+    }
+    let eighths = (count * BAR_WIDTH as u64 * 8).div_ceil(max);
+    let full = usize::try_from(eighths / 8).unwrap_or(BAR_WIDTH);
+    let mut text = "█".repeat(full);
+    let rest = usize::try_from(eighths % 8).unwrap_or(0);
+    if rest > 0 {
+        text.push(EIGHTHS[rest]);
+    }
+    text
+}
+
+/// A bucket's label: `< 1 ms`, `1-2`, … `≥ 60000`.
+fn bucket_label(index: usize) -> String {
+    match (
+        index.checked_sub(1).map(|i| BUCKETS_MS[i]),
+        BUCKETS_MS.get(index),
+    ) {
+        (None, Some(high)) => format!("< {high}"),
+        (Some(low), Some(high)) => format!("{low}-{high}"),
+        (Some(low), None) => format!(">= {low}"),
+        (None, None) => String::new(),
+    }
 }
 
 /// Collects saga reports as they finish.
@@ -141,6 +198,11 @@ impl Stats {
                 .iter()
                 .map(|(outcome, h)| (outcome.clone(), latency(h)))
                 .collect(),
+            buckets_by_outcome: self
+                .by_outcome
+                .iter()
+                .map(|(outcome, h)| (outcome.clone(), buckets(h)))
+                .collect(),
         }
     }
 }
@@ -187,6 +249,38 @@ impl Summary {
                 name, l.count, l.p50_ms, l.p90_ms, l.p99_ms, l.max_ms
             ));
         }
+        text.push_str(&self.histogram());
+        text
+    }
+
+    /// Latency histograms, one per outcome, drawn with block characters over the same buckets:
+    /// from the first bucket any saga fell in to the last.
+    pub fn histogram(&self) -> String {
+        let used = |counts: &Vec<u64>| counts.iter().position(|c| *c > 0);
+        let first = self.buckets_by_outcome.values().filter_map(used).min();
+        let last = self
+            .buckets_by_outcome
+            .values()
+            .filter_map(|counts| counts.iter().rposition(|c| *c > 0))
+            .max();
+        let (Some(first), Some(last)) = (first, last) else {
+            return String::new();
+        };
+        let mut text = String::from("  latency histogram (ms)\n");
+        for (outcome, counts) in &self.buckets_by_outcome {
+            let total: u64 = counts.iter().sum();
+            let max = counts.iter().copied().max().unwrap_or(0);
+            text.push_str(&format!("  {outcome} ({total} sagas)\n"));
+            for (index, count) in counts.iter().enumerate().take(last + 1).skip(first) {
+                text.push_str(&format!(
+                    "  {:>13} │{:<width$} {}\n",
+                    bucket_label(index),
+                    bar(*count, max),
+                    count,
+                    width = BAR_WIDTH
+                ));
+            }
+        }
         text
     }
 }
@@ -229,5 +323,50 @@ mod tests {
         assert!((completed.p99_ms - 99.0).abs() < 0.1, "{completed:?}");
         assert!((completed.max_ms - 100.0).abs() < 0.1, "{completed:?}");
         assert!(summary.to_text().contains("payment_failed"));
+    }
+
+    #[test]
+    fn histogram_draws_a_bar_per_bucket_and_outcome() {
+        let mut stats = Stats::default();
+        // 10 completed sagas at 3 ms, 5 at 7 ms, 1 at 150 ms; 2 compensated at 15 ms.
+        for _ in 0..10 {
+            stats.record(&report(Outcome::Completed, 3_000));
+        }
+        for _ in 0..5 {
+            stats.record(&report(Outcome::Completed, 7_000));
+        }
+        stats.record(&report(Outcome::Completed, 150_000));
+        stats.record(&report(Outcome::PaymentFailed, 15_000));
+        stats.record(&report(Outcome::PaymentFailed, 15_000));
+        let summary = stats.summary("r", 18, Duration::from_secs(1));
+        let text = summary.histogram();
+        let lines: Vec<&str> = text.lines().collect();
+        // From the 2-5 ms bucket to the 100-200 ms one: 6 buckets per outcome.
+        assert_eq!(lines.len(), 1 + 2 * (1 + 6), "{text}");
+        assert_eq!(lines[1], "  completed (16 sagas)");
+        let full = "█".repeat(BAR_WIDTH);
+        assert_eq!(lines[2], format!("  {:>13} │{full} 10", "2-5"));
+        assert_eq!(
+            lines[3],
+            format!("  {:>13} │{:<40} 5", "5-10", "█".repeat(20))
+        );
+        assert_eq!(lines[4], format!("  {:>13} │{:<40} 0", "10-20", ""));
+        assert_eq!(lines[7], format!("  {:>13} │{:<40} 1", "100-200", "████"));
+        assert_eq!(lines[8], "  payment_failed (2 sagas)");
+        assert_eq!(lines[11], format!("  {:>13} │{full} 2", "10-20"));
+        assert!(summary.to_text().ends_with(&text));
+        // Eighths of a block: 1 of 3 is 13.3 blocks, drawn 13 and 3/8.
+        assert_eq!(bar(1, 3), format!("{}▍", "█".repeat(13)));
+        assert_eq!(bar(0, 3), "");
+        assert_eq!(bucket_label(0), "< 1");
+        assert_eq!(bucket_label(BUCKETS_MS.len()), ">= 60000");
+        assert_eq!(
+            Summary {
+                buckets_by_outcome: BTreeMap::new(),
+                ..summary
+            }
+            .histogram(),
+            ""
+        );
     }
 }

@@ -1,10 +1,21 @@
 //! Orders: creation with an idempotency key, the PENDING → APPROVED | CANCELLED lifecycle, the
 //! record of a failed saga (which only a cancel can settle), and listing for the sweeper.
+use saga_common::telemetry::StatusCounter;
 use saga_common::time::now_micros;
 use saga_common::validate::{self, ValidationError};
 use saga_common::{Classify, ErrorKind, IdKind};
 use saga_store::{ListQuery, Record, Repository, Store, StoreError};
 use serde::{Deserialize, Serialize};
+
+/// Orders by what happened to them (`status`: created, approved, cancelled, failed), counted
+/// where the change is stored, never on an idempotent replay. Made on first use, after the
+/// binary installed its meter provider.
+static EVENTS: std::sync::LazyLock<StatusCounter> = std::sync::LazyLock::new(|| {
+    StatusCounter::new(
+        "saga.orders",
+        "Orders created, approved, cancelled, or marked failed by their saga",
+    )
+});
 
 /// Longest user id, sku and idempotency key accepted.
 pub const MAX_ID_LEN: usize = 128;
@@ -293,6 +304,7 @@ impl<R: Repository<Order>> Orders<R> {
         }
         if inserted {
             tracing::info!(order_id = %stored.id, total_minor, "order created");
+            EVENTS.add("created");
         }
         Ok(stored)
     }
@@ -301,37 +313,59 @@ impl<R: Repository<Order>> Orders<R> {
     pub async fn cancel(&self, id: &str, reason: &str) -> Result<Order, OrderError> {
         IdKind::Order.check("order_id", id)?;
         let reason = validate::shorten(reason);
-        self.transition(id, |order: &Order| match order.status {
-            OrderStatus::Pending => Ok(Some(order.changed(|next| {
-                next.status = OrderStatus::Cancelled;
-                next.cancel_reason = Some(reason.clone());
-            }))),
-            OrderStatus::Cancelled => Ok(None),
-            OrderStatus::Approved => Err(illegal(order, "cancelled")),
+        let mut changed = false;
+        self.transition(id, |order: &Order| {
+            changed = false;
+            match order.status {
+                OrderStatus::Pending => {
+                    changed = true;
+                    Ok(Some(order.changed(|next| {
+                        next.status = OrderStatus::Cancelled;
+                        next.cancel_reason = Some(reason.clone());
+                    })))
+                }
+                OrderStatus::Cancelled => Ok(None),
+                OrderStatus::Approved => Err(illegal(order, "cancelled")),
+            }
         })
         .await
-        .inspect(|order| tracing::info!(order_id = %order.id, "order cancelled"))
+        .inspect(|order| {
+            tracing::info!(order_id = %order.id, "order cancelled");
+            if changed {
+                EVENTS.add("cancelled");
+            }
+        })
     }
 
     /// PENDING → APPROVED; APPROVED stays; CANCELLED, or PENDING after a failed saga, is
     /// refused.
     pub async fn approve(&self, id: &str) -> Result<Order, OrderError> {
         IdKind::Order.check("order_id", id)?;
+        let mut changed = false;
         self.transition(id, |order: &Order| {
+            changed = false;
             match (order.status, &order.last_error) {
                 (OrderStatus::Pending, Some(reason)) => Err(OrderError::SagaFailed {
                     id: order.id.clone(),
                     reason: reason.clone(),
                 }),
-                (OrderStatus::Pending, None) => Ok(Some(order.changed(|next| {
-                    next.status = OrderStatus::Approved;
-                }))),
+                (OrderStatus::Pending, None) => {
+                    changed = true;
+                    Ok(Some(order.changed(|next| {
+                        next.status = OrderStatus::Approved;
+                    })))
+                }
                 (OrderStatus::Approved, _) => Ok(None),
                 (OrderStatus::Cancelled, _) => Err(illegal(order, "approved")),
             }
         })
         .await
-        .inspect(|order| tracing::info!(order_id = %order.id, "order approved"))
+        .inspect(|order| {
+            tracing::info!(order_id = %order.id, "order approved");
+            if changed {
+                EVENTS.add("approved");
+            }
+        })
     }
 
     /// Records that the order's saga failed: PENDING stays PENDING, no longer approvable, with
@@ -340,17 +374,27 @@ impl<R: Repository<Order>> Orders<R> {
     pub async fn fail(&self, id: &str, reason: &str) -> Result<Order, OrderError> {
         IdKind::Order.check("order_id", id)?;
         validate::text("reason", reason, MAX_REASON_LEN)?;
-        self.transition(id, |order: &Order| match order.status {
-            OrderStatus::Pending => Ok(Some(order.changed(|next| {
-                next.last_error = Some(reason.to_owned());
-                next.failure_count = next.failure_count.saturating_add(1);
-            }))),
-            OrderStatus::Cancelled => Ok(None),
-            OrderStatus::Approved => Err(illegal(order, "failed")),
+        let mut changed = false;
+        self.transition(id, |order: &Order| {
+            changed = false;
+            match order.status {
+                OrderStatus::Pending => {
+                    changed = true;
+                    Ok(Some(order.changed(|next| {
+                        next.last_error = Some(reason.to_owned());
+                        next.failure_count = next.failure_count.saturating_add(1);
+                    })))
+                }
+                OrderStatus::Cancelled => Ok(None),
+                OrderStatus::Approved => Err(illegal(order, "failed")),
+            }
         })
         .await
         .inspect(|order| {
             tracing::info!(order_id = %order.id, failures = order.failure_count, %reason, "order's saga failed");
+            if changed {
+                EVENTS.add("failed");
+            }
         })
     }
 

@@ -2,11 +2,22 @@
 //!
 //! The order id is the idempotency key: at most one payment per order, so a repeated
 //! ProcessPayment returns the first payment and never charges twice.
+use saga_common::telemetry::StatusCounter;
 use saga_common::time::now_micros;
 use saga_common::validate::{self, ValidationError};
 use saga_common::{Classify, ErrorKind, IdKind};
 use saga_store::{Record, Repository, Store, StoreError, Target, find};
 use serde::{Deserialize, Serialize};
+
+/// Payments by what happened to them (`status`: completed, declined, refunded, voided), counted
+/// where the change is stored, never on an idempotent replay. Made on first use, after the
+/// binary installed its meter provider.
+static EVENTS: std::sync::LazyLock<StatusCounter> = std::sync::LazyLock::new(|| {
+    StatusCounter::new(
+        "saga.payments",
+        "Payments completed, declined, refunded, or voided before any charge",
+    )
+});
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PaymentStatus {
@@ -165,10 +176,12 @@ impl<R: Repository<Payment>> Payments<R> {
         if inserted {
             match &stored.decline_reason {
                 Some(reason) => {
-                    tracing::info!(payment_id = %stored.id, %reason, "payment declined")
+                    tracing::info!(payment_id = %stored.id, %reason, "payment declined");
+                    EVENTS.add("declined");
                 }
                 None => {
-                    tracing::info!(payment_id = %stored.id, amount_minor = stored.amount_minor, "payment completed")
+                    tracing::info!(payment_id = %stored.id, amount_minor = stored.amount_minor, "payment completed");
+                    EVENTS.add("completed");
                 }
             }
         }
@@ -198,19 +211,31 @@ impl<R: Repository<Payment>> Payments<R> {
                 let (stored, inserted) = self.repo.insert_or_get(tombstone).await?;
                 if inserted {
                     tracing::info!(payment_id = %stored.id, %order_id, "payment slot voided before any charge");
+                    EVENTS.add("voided");
                     return Ok(stored);
                 }
                 stored
             }
         };
+        // Whether this call refunded: a concurrent refund of the same payment finds it REFUNDED.
+        let mut changed = false;
         let transition = |payment: &Payment| match payment.status {
-            PaymentStatus::Completed => Ok(Some(Payment {
-                status: PaymentStatus::Refunded,
-                updated_at: now_micros().max(payment.updated_at + 1),
-                ..payment.clone()
-            })),
-            PaymentStatus::Refunded | PaymentStatus::Voided => Ok(None),
-            PaymentStatus::Declined if by_order => Ok(None),
+            PaymentStatus::Completed => {
+                changed = true;
+                Ok(Some(Payment {
+                    status: PaymentStatus::Refunded,
+                    updated_at: now_micros().max(payment.updated_at + 1),
+                    ..payment.clone()
+                }))
+            }
+            PaymentStatus::Refunded | PaymentStatus::Voided => {
+                changed = false;
+                Ok(None)
+            }
+            PaymentStatus::Declined if by_order => {
+                changed = false;
+                Ok(None)
+            }
             PaymentStatus::Declined => Err(PaymentError::NothingToRefund(payment.id.clone())),
         };
         let refunded = self
@@ -218,8 +243,9 @@ impl<R: Repository<Payment>> Payments<R> {
             .update(&existing.id, transition)
             .await?
             .ok_or_else(|| PaymentError::NotFound(format!("payment {}", existing.id)))?;
-        if existing.status == PaymentStatus::Completed {
+        if changed {
             tracing::info!(payment_id = %refunded.id, amount_minor = refunded.amount_minor, "payment refunded");
+            EVENTS.add("refunded");
         }
         Ok(refunded)
     }

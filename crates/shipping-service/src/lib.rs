@@ -15,3 +15,12 @@ pub type ShippingSettings = saga_common::settings::ServiceSettings<
 
 /// The port the service listens on unless `listen_addr` says otherwise.
 pub const DEFAULT_PORT: u16 = 50053;
+
+/// The port of `GET /metrics` unless `metrics_listen_addr` says otherwise.
+pub const DEFAULT_METRICS_PORT: u16 = 9093;
+
+/// Both default ports.
+pub const DEFAULT_PORTS: saga_common::server::DefaultPorts = saga_common::server::DefaultPorts {
+    grpc: DEFAULT_PORT,
+    metrics: DEFAULT_METRICS_PORT,
+};

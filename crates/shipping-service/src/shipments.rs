@@ -2,11 +2,19 @@
 //!
 //! The order id is the idempotency key: at most one shipment per order, so a repeated
 //! StartShipping returns the first shipment and never ships twice.
+use saga_common::telemetry::StatusCounter;
 use saga_common::time::now_micros;
 use saga_common::validate::{self, ValidationError};
 use saga_common::{Classify, ErrorKind, IdKind};
 use saga_store::{Record, Repository, Store, StoreError, Target, find};
 use serde::{Deserialize, Serialize};
+
+/// Shipments by what happened to them (`status`: started, failed, cancelled), counted where the
+/// change is stored, never on an idempotent replay. A slot cancelled before any start counts
+/// as cancelled. Made on first use, after the binary installed its meter provider.
+static EVENTS: std::sync::LazyLock<StatusCounter> = std::sync::LazyLock::new(|| {
+    StatusCounter::new("saga.shipments", "Shipments started, failed, or cancelled")
+});
 
 /// Longest delivery address accepted.
 pub const MAX_ADDRESS_LEN: usize = 512;
@@ -140,9 +148,13 @@ impl<R: Repository<Shipment>> Shipments<R> {
         if inserted {
             match &stored.failure_reason {
                 Some(reason) => {
-                    tracing::info!(shipping_id = %stored.id, %reason, "shipment failed")
+                    tracing::info!(shipping_id = %stored.id, %reason, "shipment failed");
+                    EVENTS.add("failed");
                 }
-                None => tracing::info!(shipping_id = %stored.id, "shipment started"),
+                None => {
+                    tracing::info!(shipping_id = %stored.id, "shipment started");
+                    EVENTS.add("started");
+                }
             }
         }
         Ok(stored)
@@ -170,19 +182,28 @@ impl<R: Repository<Shipment>> Shipments<R> {
                 let (stored, inserted) = self.repo.insert_or_get(tombstone).await?;
                 if inserted {
                     tracing::info!(shipping_id = %stored.id, %order_id, "shipment slot cancelled before any start");
+                    EVENTS.add("cancelled");
                     return Ok(stored);
                 }
                 stored
             }
         };
+        // Whether this call cancelled: a concurrent cancel finds it CANCELLED already.
+        let mut changed = false;
         let transition = |shipment: &Shipment| -> Result<Option<Shipment>, ShippingError> {
             match shipment.status {
-                ShipmentStatus::Started => Ok(Some(Shipment {
-                    status: ShipmentStatus::Cancelled,
-                    updated_at: now_micros().max(shipment.updated_at + 1),
-                    ..shipment.clone()
-                })),
-                ShipmentStatus::Failed | ShipmentStatus::Cancelled => Ok(None),
+                ShipmentStatus::Started => {
+                    changed = true;
+                    Ok(Some(Shipment {
+                        status: ShipmentStatus::Cancelled,
+                        updated_at: now_micros().max(shipment.updated_at + 1),
+                        ..shipment.clone()
+                    }))
+                }
+                ShipmentStatus::Failed | ShipmentStatus::Cancelled => {
+                    changed = false;
+                    Ok(None)
+                }
             }
         };
         let cancelled = self
@@ -190,8 +211,9 @@ impl<R: Repository<Shipment>> Shipments<R> {
             .update(&existing.id, transition)
             .await?
             .ok_or_else(|| ShippingError::NotFound(format!("shipment {}", existing.id)))?;
-        if existing.status == ShipmentStatus::Started {
+        if changed {
             tracing::info!(shipping_id = %cancelled.id, "shipment cancelled");
+            EVENTS.add("cancelled");
         }
         Ok(cancelled)
     }

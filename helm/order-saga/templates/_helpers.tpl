@@ -262,6 +262,11 @@ Call with (dict "root" $ "component" "order-service" "image" <image values>).
 {{- if $endpoint }}
 - name: OTEL_EXPORTER_OTLP_ENDPOINT
   value: {{ $endpoint | quote }}
+{{- if not $root.Values.otel.endpoint }}
+{{- /* The bundled Jaeger takes traces only: metrics are scraped from /metrics instead. */}}
+- name: OTEL_METRICS_EXPORTER
+  value: "none"
+{{- end }}
 {{- end }}
 {{- end }}
 

@@ -22,6 +22,7 @@ gracePeriodSecs; the kubelet must not SIGKILL it before, so leave 5 s more. */}}
 {{- $store := $svc.store }}
 {{- $pg := $root.Values.postgresql }}
 {{- $tls := $root.Values.tls }}
+{{- $metrics := $root.Values.metrics }}
 {{- include "order-saga.tlsCheck" $root }}
 {{- /* SQLite keeps its file under /data: a claim (one pod at a time, so Recreate) or, with
 persistence off, an emptyDir that dies with the pod. PostgreSQL and memory need no volume. */}}
@@ -75,6 +76,13 @@ spec:
     metadata:
       labels:
         {{- include "order-saga.labels" $ctx | nindent 8 }}
+      {{- if $metrics.enabled }}
+      # For a Prometheus that discovers pods by annotation (the community chart's default job).
+      annotations:
+        prometheus.io/scrape: "true"
+        prometheus.io/port: {{ $metrics.port | int64 | toString | quote }}
+        prometheus.io/path: /metrics
+      {{- end }}
     spec:
       # Service links would add variables such as ORDER_SAGA_ORDER_PORT for every
       # Service in the namespace; one starting with {{ $p }}_ would be read as a setting
@@ -123,9 +131,17 @@ spec:
               containerPort: {{ $tls.healthPort | int64 }}
               protocol: TCP
             {{- end }}
+            {{- if $metrics.enabled }}
+            # GET /metrics, plaintext HTTP (Prometheus text exposition).
+            - name: metrics
+              containerPort: {{ $metrics.port | int64 }}
+              protocol: TCP
+            {{- end }}
           env:
             - name: {{ $p }}_LISTEN_ADDR
               value: {{ printf "0.0.0.0:%d" ($svc.port | int64) | quote }}
+            - name: {{ $p }}_METRICS_LISTEN_ADDR
+              value: {{ ternary (printf "0.0.0.0:%d" ($metrics.port | int64)) "" $metrics.enabled | quote }}
             {{- if $tls.enabled }}
             - name: {{ $p }}_HEALTH_LISTEN_ADDR
               value: {{ printf "0.0.0.0:%d" ($tls.healthPort | int64) | quote }}
@@ -289,6 +305,13 @@ spec:
       targetPort: grpc
       protocol: TCP
       appProtocol: grpc
+    {{- if $metrics.enabled }}
+    - name: metrics
+      port: {{ $metrics.port | int64 }}
+      targetPort: metrics
+      protocol: TCP
+      appProtocol: http
+    {{- end }}
 {{- if $root.Values.podDisruptionBudget.enabled }}
 ---
 apiVersion: policy/v1

@@ -1,4 +1,4 @@
-//! Logs and traces for every binary.
+//! Logs, traces and metrics for every binary.
 //!
 //! Logs: JSON lines carrying `trace_id`/`span_id` when stderr (where logs go) is not a terminal or
 //! `LOG_FORMAT=json`, readable text on a terminal; `RUST_LOG` filters (default `info`).
@@ -9,6 +9,10 @@
 //! `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER(_ARG)` and `OTEL_BSP_*`.
 //! Export runs on the batch processor's own thread with a bounded queue: a missing or slow
 //! collector costs one warning and dropped spans, never a stalled call.
+//!
+//! Metrics (see [`metrics`]): the services serve them to Prometheus at `GET /metrics`; every
+//! binary also exports them over OTLP when an endpoint is set (`OTEL_METRICS_EXPORTER=none`
+//! turns that off, `OTEL_METRIC_EXPORT_INTERVAL` sets the period).
 use std::fmt;
 
 use std::io::IsTerminal;
@@ -18,6 +22,7 @@ use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
 use serde_json::{Map, Value};
@@ -30,21 +35,38 @@ use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::{EnvFilter, Layer, fmt as tfmt, prelude::*};
 
+pub mod exposition;
 mod grpc;
+pub mod metrics;
 
 pub use grpc::{GrpcClientTrace, GrpcClientTraceLayer, GrpcTrace, GrpcTraceLayer, grpc_status};
+pub use metrics::{RpcMetrics, RpcMetricsLayer, StatusCounter};
 
-/// Keeps telemetry alive; [`TelemetryGuard::shutdown`] flushes the last spans.
+/// Keeps telemetry alive; [`TelemetryGuard::shutdown`] flushes the last spans and metrics.
 #[must_use = "telemetry stops when the guard is dropped"]
 #[derive(Debug)]
 pub struct TelemetryGuard {
     provider: Option<SdkTracerProvider>,
+    meters: Option<SdkMeterProvider>,
+    registry: Option<prometheus::Registry>,
 }
 
 impl TelemetryGuard {
-    /// Flushes and stops the exporter. `SdkTracerProvider::shutdown` blocks while the exporter
-    /// still needs the runtime, so it runs on a blocking thread.
+    /// Where the Prometheus exporter keeps the metrics, when asked for by [`init_with`].
+    pub fn registry(&self) -> Option<&prometheus::Registry> {
+        self.registry.as_ref()
+    }
+
+    /// Flushes and stops the exporters: the last metrics (a short-lived Job's only ones) and
+    /// spans leave now. Both `shutdown`s block while the exporter still needs the runtime, so
+    /// they run on a blocking thread.
     pub async fn shutdown(mut self) {
+        if let Some(meters) = self.meters.take() {
+            let flushed = tokio::task::spawn_blocking(move || meters.shutdown()).await;
+            if let Ok(Err(err)) = flushed {
+                tracing::warn!(%err, "could not flush the last metrics");
+            }
+        }
         if let Some(provider) = self.provider.take() {
             let flushed = tokio::task::spawn_blocking(move || provider.shutdown()).await;
             if let Ok(Err(err)) = flushed {
@@ -56,9 +78,19 @@ impl TelemetryGuard {
 
 impl Drop for TelemetryGuard {
     fn drop(&mut self) {
-        if let Some(provider) = self.provider.take() {
-            // Off the async worker: the exporter may need the runtime to finish.
-            let _ = std::thread::spawn(move || provider.shutdown()).join();
+        let meters = self.meters.take();
+        let provider = self.provider.take();
+        if meters.is_some() || provider.is_some() {
+            // Off the async worker: the exporters may need the runtime to finish.
+            let _ = std::thread::spawn(move || {
+                if let Some(meters) = meters {
+                    let _ = meters.shutdown();
+                }
+                if let Some(provider) = provider {
+                    let _ = provider.shutdown();
+                }
+            })
+            .join();
         }
     }
 }
@@ -185,9 +217,15 @@ impl<E: SpanExporter> SpanExporter for WarnOnce<E> {
     }
 }
 
-/// Installs logging and, when configured, trace export for `service_name` (the default
-/// `service.name`). Logs go to stderr so that stdout stays for a binary's real output.
+/// Installs logging and, when configured, trace and metric export for `service_name` (the
+/// default `service.name`). Logs go to stderr so that stdout stays for a binary's real output.
 pub fn init(service_name: &str) -> TelemetryGuard {
+    init_with(service_name, false)
+}
+
+/// As [`init`]; with `prometheus`, metrics are also kept for the Prometheus text exposition
+/// ([`TelemetryGuard::registry`], served by [`exposition::serve`]).
+pub fn init_with(service_name: &str, prometheus: bool) -> TelemetryGuard {
     opentelemetry::global::set_text_map_propagator(TextMapCompositePropagator::new(vec![
         Box::new(TraceContextPropagator::new()),
         Box::new(BaggagePropagator::new()),
@@ -234,7 +272,22 @@ pub fn init(service_name: &str) -> TelemetryGuard {
     if let Some(problem) = problem {
         tracing::warn!(%problem, "cannot export traces; continuing without them");
     }
-    TelemetryGuard { provider }
+    let registry = prometheus.then(prometheus::Registry::new);
+    let meters = match metrics::provider(resource(service_name), registry.as_ref()) {
+        Ok(meters) => meters,
+        Err(problem) => {
+            tracing::warn!(%problem, "cannot export metrics; continuing without them");
+            None
+        }
+    };
+    if let Some(meters) = &meters {
+        opentelemetry::global::set_meter_provider(meters.clone());
+    }
+    TelemetryGuard {
+        provider,
+        meters,
+        registry,
+    }
 }
 
 /// The W3C trace id of the current span, if it is being traced.

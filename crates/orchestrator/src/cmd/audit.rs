@@ -30,6 +30,7 @@ pub async fn audit(args: AuditArgs, settings: OrchestratorSettings) -> Result<()
                     status.message()
                 ))
             })?;
+    crate::metrics::stuck("audit", report.pending_stuck);
     match args.output {
         Output::Text => {
             for violation in &report.violations {

@@ -67,6 +67,7 @@ pub async fn recover(args: RecoverArgs, settings: OrchestratorSettings) -> Resul
                 status.message()
             ))
         })?;
+    crate::metrics::stuck("recover", summary.stuck);
     match args.output {
         Output::Text => println!("{}", summary.to_text()),
         Output::Json => println!("{}", serde_json::json!({ "summary": summary })),
