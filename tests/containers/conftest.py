@@ -7,6 +7,7 @@ does not answer skips these tests, unless CI is set: then they fail.
 from __future__ import annotations
 
 import os
+import socket
 import uuid
 from typing import Any
 
@@ -67,11 +68,18 @@ def chart_images(service_specs, job_spec) -> dict[str, dict[str, Any]]:
 
 
 def service_env(spec: dict[str, Any]) -> dict[str, str]:
-    """The chart's env of a service, listening on 127.0.0.1 at the chart's port, no OTLP."""
+    """The chart's env of a service, listening on 127.0.0.1 at the chart's port, no OTLP. The
+    chart gives every pod the same metrics port; on the host's network here, each service gets
+    a free one instead."""
     env = harness.without_otlp(spec["env"])
-    (listen,) = [name for name in env
-                 if name.endswith("_LISTEN_ADDR") and not name.endswith("_HEALTH_LISTEN_ADDR")]
+    (listen,) = [name for name in env if name.endswith("_LISTEN_ADDR")
+                 and not name.endswith(("_HEALTH_LISTEN_ADDR", "_METRICS_LISTEN_ADDR"))]
     env[listen] = f"127.0.0.1:{spec['port']}"
+    for name in env:
+        if name.endswith("_METRICS_LISTEN_ADDR") and env[name]:
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                env[name] = f"127.0.0.1:{probe.getsockname()[1]}"
     return env
 
 
