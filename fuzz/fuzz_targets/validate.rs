@@ -29,7 +29,7 @@ use payment_service::PaymentApi;
 use payment_service::payments::{self, Payments};
 use prost::Message;
 use saga_common::IdKind;
-use saga_common::faults::{BusinessFaults, INJECT_FAILURE_HEADER, TransientFaults};
+use saga_common::faults::{BusinessFaults, INJECT_FAILURE_HEADER};
 use saga_store::Target;
 use saga_common::validate::{self, ValidationError};
 use saga_proto::order::v1::{self as order, order_service_server::OrderService};
@@ -70,7 +70,7 @@ fn decoded<M: Message + Default>(bytes: &[u8], check: impl FnOnce(M)) {
 // ---- orders ---------------------------------------------------------------------------------
 
 fn order_api() -> OrderApi {
-    OrderApi::new(Arc::new(Orders::in_memory()), TransientFaults::default())
+    OrderApi::new(Arc::new(Orders::in_memory()))
 }
 
 fn create_order(req: order::CreateOrderRequest) {
