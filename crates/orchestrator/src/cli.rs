@@ -97,3 +97,12 @@ pub async fn connect(
     }
     Ok(participants)
 }
+
+/// A listing of orders that failed for good (after its retries).
+pub fn listing_failed(status: tonic::Status) -> Exit {
+    Exit::Failed(format!(
+        "cannot list orders: {:?}: {}",
+        status.code(),
+        status.message()
+    ))
+}

@@ -334,14 +334,7 @@ pub async fn audit<P: Participants>(
                 continue;
             }
         };
-        let charged = observed
-            .payment
-            .as_ref()
-            .is_some_and(|p| p.status() == PaymentStatus::Completed);
-        let shipping = observed
-            .shipment
-            .as_ref()
-            .is_some_and(|s| s.status() == ShipmentStatus::Started);
+        let (charged, shipping) = (observed.charged(), observed.shipping());
         report.charged += u64::from(charged);
         match order.status() {
             OrderStatus::Approved => report.approved += 1,

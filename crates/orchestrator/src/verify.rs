@@ -41,20 +41,27 @@ fn optional<T>(result: Result<(T, u32), crate::retry::Failed>) -> Result<Option<
     }
 }
 
+impl Observed {
+    /// The payment took money that is still taken.
+    pub fn charged(&self) -> bool {
+        let payment = self.payment.as_ref();
+        payment.is_some_and(|p| p.status() == PaymentStatus::Completed)
+    }
+
+    /// The shipment is on its way.
+    pub fn shipping(&self) -> bool {
+        let shipment = self.shipment.as_ref();
+        shipment.is_some_and(|s| s.status() == ShipmentStatus::Started)
+    }
+}
+
 /// Every way `observed` disagrees with the saga's invariants or, when given, with `outcome`.
 pub fn violations(outcome: Option<Outcome>, observed: &Observed) -> Vec<String> {
     let mut found = Vec::new();
     let Some(order) = &observed.order else {
         return vec!["the order does not exist".into()];
     };
-    let charged = observed
-        .payment
-        .as_ref()
-        .is_some_and(|p| p.status() == PaymentStatus::Completed);
-    let shipping = observed
-        .shipment
-        .as_ref()
-        .is_some_and(|s| s.status() == ShipmentStatus::Started);
+    let (charged, shipping) = (observed.charged(), observed.shipping());
     let payment_state = observed
         .payment
         .as_ref()

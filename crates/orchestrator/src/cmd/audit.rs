@@ -2,7 +2,7 @@
 use std::time::Duration;
 
 use crate::OrchestratorSettings;
-use crate::cli::{Exit, Output, connect};
+use crate::cli::{Exit, Output, connect, listing_failed};
 use crate::cmd::recover::parse_duration;
 
 #[derive(Debug, clap::Args)]
@@ -23,13 +23,7 @@ pub async fn audit(args: AuditArgs, settings: OrchestratorSettings) -> Result<()
     let report =
         crate::recover::audit(&participants, &settings.retry, args.older_than, concurrency)
             .await
-            .map_err(|status| {
-                Exit::Failed(format!(
-                    "cannot list orders: {:?}: {}",
-                    status.code(),
-                    status.message()
-                ))
-            })?;
+            .map_err(listing_failed)?;
     crate::metrics::stuck("audit", report.pending_stuck);
     match args.output {
         Output::Text => {

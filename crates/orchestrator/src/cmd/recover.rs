@@ -2,7 +2,7 @@
 use std::time::Duration;
 
 use crate::OrchestratorSettings;
-use crate::cli::{Exit, Output, connect};
+use crate::cli::{Exit, Output, connect, listing_failed};
 use crate::recover::Recover;
 use crate::saga::Saga;
 
@@ -60,13 +60,7 @@ pub async fn recover(args: RecoverArgs, settings: OrchestratorSettings) -> Resul
             Output::Json => println!("{}", serde_json::json!({ "order": found })),
         })
         .await
-        .map_err(|status| {
-            Exit::Failed(format!(
-                "cannot list orders: {:?}: {}",
-                status.code(),
-                status.message()
-            ))
-        })?;
+        .map_err(listing_failed)?;
     crate::metrics::stuck("recover", summary.stuck);
     match args.output {
         Output::Text => println!("{}", summary.to_text()),
