@@ -73,6 +73,22 @@ async fn postgres_database(name: &str) -> Option<String> {
     Some(format!("{base}/{database}"))
 }
 
+/// One SQLite directory per service, named for the test.
+fn sqlite_backends(test: &str) -> [Backend; 3] {
+    ["order", "payment", "shipping"].map(|s| Backend::Sqlite(temp_dir(&format!("{test}-{s}"))))
+}
+
+/// One fresh PostgreSQL database per service, or `None` when no server is configured.
+async fn postgres_backends(test: &str) -> Option<[Backend; 3]> {
+    let mut urls = Vec::new();
+    for service in ["order", "payment", "shipping"] {
+        urls.push(Backend::Postgres(
+            postgres_database(&format!("{test}_{service}")).await?,
+        ));
+    }
+    urls.try_into().ok()
+}
+
 fn service(
     name: &str,
     prefix: &str,
@@ -561,22 +577,15 @@ async fn abandoned_batch_is_recovered(backends: [Backend; 3], label: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abandoned_batch_is_recovered_on_sqlite() {
-    let dirs = ["order", "payment", "shipping"]
-        .map(|s| Backend::Sqlite(temp_dir(&format!("abandoned-{s}"))));
+    let dirs = sqlite_backends("abandoned");
     abandoned_batch_is_recovered(dirs, "sqlite").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abandoned_batch_is_recovered_on_postgres() {
-    let mut urls = Vec::new();
-    for service in ["order", "payment", "shipping"] {
-        match postgres_database(&format!("abandoned_{service}")).await {
-            Some(url) => urls.push(Backend::Postgres(url)),
-            None => return,
-        }
+    if let Some(backends) = postgres_backends("abandoned").await {
+        abandoned_batch_is_recovered(backends, "postgres").await;
     }
-    let backends: [Backend; 3] = urls.try_into().unwrap();
-    abandoned_batch_is_recovered(backends, "postgres").await;
 }
 
 /// `recover --older-than 0s` over and over while a batch runs: the sweeper settles live sagas
@@ -584,8 +593,7 @@ async fn abandoned_batch_is_recovered_on_postgres() {
 /// audit is clean.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recover_is_safe_while_live_sagas_run() {
-    let dirs =
-        ["order", "payment", "shipping"].map(|s| Backend::Sqlite(temp_dir(&format!("race-{s}"))));
+    let dirs = sqlite_backends("race");
     let services = Services::start(dirs).await;
     let out = temp_dir("race");
     let run_id = format!("race-{}", std::process::id());
@@ -626,8 +634,7 @@ async fn recover_is_safe_while_live_sagas_run() {
 /// clears settles it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_parked_compensation_is_settled_once_the_fault_clears() {
-    let dirs =
-        ["order", "payment", "shipping"].map(|s| Backend::Sqlite(temp_dir(&format!("park-{s}"))));
+    let dirs = sqlite_backends("park");
     let mut services = Services::start(dirs).await;
     // The payment service refuses every refund for a while.
     let refunds_fail = [("PAYMENT_FAULTS__STEPS", "RefundPayment=unavailable")];
@@ -707,20 +714,13 @@ async fn duplicate_charges(backend: &Backend) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_on_sqlite() {
-    let dirs =
-        ["order", "payment", "shipping"].map(|s| Backend::Sqlite(temp_dir(&format!("chaos-{s}"))));
+    let dirs = sqlite_backends("chaos");
     chaos(dirs, "sqlite").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_on_postgres() {
-    let mut urls = Vec::new();
-    for service in ["order", "payment", "shipping"] {
-        match postgres_database(&format!("chaos_{service}")).await {
-            Some(url) => urls.push(Backend::Postgres(url)),
-            None => return,
-        }
+    if let Some(backends) = postgres_backends("chaos").await {
+        chaos(backends, "postgres").await;
     }
-    let backends: [Backend; 3] = urls.try_into().unwrap();
-    chaos(backends, "postgres").await;
 }
