@@ -313,27 +313,17 @@ impl<R: Repository<Order>> Orders<R> {
     pub async fn cancel(&self, id: &str, reason: &str) -> Result<Order, OrderError> {
         IdKind::Order.check("order_id", id)?;
         let reason = validate::shorten(reason);
-        let mut changed = false;
-        self.transition(id, |order: &Order| {
-            changed = false;
-            match order.status {
-                OrderStatus::Pending => {
-                    changed = true;
-                    Ok(Some(order.changed(|next| {
-                        next.status = OrderStatus::Cancelled;
-                        next.cancel_reason = Some(reason.clone());
-                    })))
-                }
-                OrderStatus::Cancelled => Ok(None),
-                OrderStatus::Approved => Err(illegal(order, "cancelled")),
-            }
+        self.transition(id, "cancelled", |order: &Order| match order.status {
+            OrderStatus::Pending => Ok(Some(order.changed(|next| {
+                next.status = OrderStatus::Cancelled;
+                next.cancel_reason = Some(reason.clone());
+            }))),
+            OrderStatus::Cancelled => Ok(None),
+            OrderStatus::Approved => Err(illegal(order, "cancelled")),
         })
         .await
         .inspect(|order| {
             tracing::info!(order_id = %order.id, "order cancelled");
-            if changed {
-                EVENTS.add("cancelled");
-            }
         })
     }
 
@@ -341,20 +331,15 @@ impl<R: Repository<Order>> Orders<R> {
     /// refused.
     pub async fn approve(&self, id: &str) -> Result<Order, OrderError> {
         IdKind::Order.check("order_id", id)?;
-        let mut changed = false;
-        self.transition(id, |order: &Order| {
-            changed = false;
+        self.transition(id, "approved", |order: &Order| {
             match (order.status, &order.last_error) {
                 (OrderStatus::Pending, Some(reason)) => Err(OrderError::SagaFailed {
                     id: order.id.clone(),
                     reason: reason.clone(),
                 }),
-                (OrderStatus::Pending, None) => {
-                    changed = true;
-                    Ok(Some(order.changed(|next| {
-                        next.status = OrderStatus::Approved;
-                    })))
-                }
+                (OrderStatus::Pending, None) => Ok(Some(order.changed(|next| {
+                    next.status = OrderStatus::Approved;
+                }))),
                 (OrderStatus::Approved, _) => Ok(None),
                 (OrderStatus::Cancelled, _) => Err(illegal(order, "approved")),
             }
@@ -362,9 +347,6 @@ impl<R: Repository<Order>> Orders<R> {
         .await
         .inspect(|order| {
             tracing::info!(order_id = %order.id, "order approved");
-            if changed {
-                EVENTS.add("approved");
-            }
         })
     }
 
@@ -374,12 +356,9 @@ impl<R: Repository<Order>> Orders<R> {
     pub async fn fail(&self, id: &str, reason: &str) -> Result<Order, OrderError> {
         IdKind::Order.check("order_id", id)?;
         validate::text("reason", reason, MAX_REASON_LEN)?;
-        let mut changed = false;
-        self.transition(id, |order: &Order| {
-            changed = false;
+        self.transition(id, "failed", |order: &Order| {
             match order.status {
                 OrderStatus::Pending => {
-                    changed = true;
                     Ok(Some(order.changed(|next| {
                         next.last_error = Some(reason.to_owned());
                         next.failure_count = next.failure_count.saturating_add(1);
@@ -392,9 +371,6 @@ impl<R: Repository<Order>> Orders<R> {
         .await
         .inspect(|order| {
             tracing::info!(order_id = %order.id, failures = order.failure_count, %reason, "order's saga failed");
-            if changed {
-                EVENTS.add("failed");
-            }
         })
     }
 
@@ -444,15 +420,28 @@ impl<R: Repository<Order>> Orders<R> {
         })
     }
 
+    /// Applies `transition` to order `id`, and counts `event` when it really changed the order
+    /// (not an idempotent replay): its last call, the one whose result was stored, returned one.
     async fn transition(
         &self,
         id: &str,
-        transition: impl FnMut(&Order) -> Result<Option<Order>, OrderError> + Send,
+        event: &'static str,
+        mut transition: impl FnMut(&Order) -> Result<Option<Order>, OrderError> + Send,
     ) -> Result<Order, OrderError> {
-        self.repo
-            .update(id, transition)
+        let mut changed = false;
+        let order = self
+            .repo
+            .update(id, |order: &Order| {
+                let next = transition(order);
+                changed = matches!(next, Ok(Some(_)));
+                next
+            })
             .await?
-            .ok_or_else(|| OrderError::NotFound(id.to_owned()))
+            .ok_or_else(|| OrderError::NotFound(id.to_owned()))?;
+        if changed {
+            EVENTS.add(event);
+        }
+        Ok(order)
     }
 }
 
