@@ -67,6 +67,9 @@ impl Received {
     pub fn has_event(&self, name: &str) -> bool {
         self.span.events.iter().any(|e| e.name == name)
     }
+    pub fn events_named(&self, name: &str) -> usize {
+        self.span.events.iter().filter(|e| e.name == name).count()
+    }
     pub fn kind(&self) -> i32 {
         self.span.kind
     }

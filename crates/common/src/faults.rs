@@ -305,6 +305,7 @@ where
                         rpc,
                         "injected fault: crashing after the call's effect was committed"
                     );
+                    crate::telemetry::flush_logs();
                     std::process::exit(CRASH_EXIT_CODE);
                 }
                 _ => {}

@@ -124,8 +124,16 @@ impl RetryPolicy {
             match result {
                 Ok(value) => return Ok((value, attempt)),
                 Err(status) if is_transient(status.code()) && attempt < self.max_attempts => {
-                    tracing::debug!(attempt, code = ?status.code(), "transient failure; retrying");
-                    tokio::time::sleep(self.backoff(attempt)).await;
+                    // An event of the step's span: each failed attempt shows in its trace.
+                    let backoff = self.backoff(attempt);
+                    tracing::info!(
+                        attempt,
+                        code = ?status.code(),
+                        error = status.message(),
+                        retry_in_ms = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX),
+                        "attempt failed; retrying"
+                    );
+                    tokio::time::sleep(backoff).await;
                     attempt += 1;
                 }
                 Err(status) => {

@@ -207,13 +207,15 @@ impl<P: Participants> Saga<'_, P> {
         if let Some(parent) = saga_common::telemetry::context_from_env() {
             let _ = root.set_parent(parent);
         }
+        // The sampler decides here, once for the whole saga (see telemetry::unsampled).
+        let context = root.context();
         let started = Instant::now();
         let mut run = Run {
             report,
             stack: Vec::new(),
             shipped_before: false,
         };
-        async {
+        let work = async {
             run.report.trace_id = saga_common::telemetry::current_trace_id();
             let ended = match start {
                 Start::Plan(plan) => self.forward_path(plan, &mut run).await,
@@ -237,8 +239,12 @@ impl<P: Participants> Saga<'_, P> {
                     .await;
             }
         }
-        .instrument(root.clone())
-        .await;
+        .instrument(root.clone());
+        if saga_common::telemetry::sampled(&context) {
+            work.await;
+        } else {
+            saga_common::telemetry::unsampled(context, work).await;
+        }
         record_outcome(&root, &run.report);
         run.report
     }
@@ -531,15 +537,19 @@ impl<P: Participants> Saga<'_, P> {
         } else {
             self.retry
         };
+        // The client side of the step's calls (a server span per attempt hangs under it).
         let span = tracing::info_span!(
             "saga.step",
             otel.name = step,
+            otel.kind = "client",
             saga.step = step,
             saga.compensation = compensation,
             saga.attempts = tracing::field::Empty,
         );
         let started = Instant::now();
-        let result = policy.run(call).instrument(span.clone()).await;
+        let result = saga_common::telemetry::calls_traced_by_span(policy.run(call))
+            .instrument(span.clone())
+            .await;
         let (outcome, detail, attempts) = match &result {
             Ok((value, attempts)) => ("ok", value.state(), *attempts),
             Err(failed) => ("error", status_text(&failed.status), failed.attempts),

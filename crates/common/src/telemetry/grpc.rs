@@ -68,6 +68,11 @@ where
         if path.starts_with("grpc.health.") || path.starts_with("grpc.reflection.") {
             return Box::pin(self.inner.call(request));
         }
+        let parent = super::extract(request.headers());
+        if !super::sampled(&parent) {
+            // The caller's trace is not exported: neither is this part of it.
+            return Box::pin(super::unsampled(parent, self.inner.call(request)));
+        }
         let (service, method) = path.split_once('/').unwrap_or((path.as_str(), ""));
         let span = tracing::info_span!(
             "grpc.server",
@@ -79,7 +84,7 @@ where
             rpc.grpc.status_code = tracing::field::Empty,
         );
         // Without an OpenTelemetry layer there is nothing to parent; that is fine.
-        let _ = span.set_parent(super::extract(request.headers()));
+        let _ = span.set_parent(parent);
         let future = self.inner.call(request);
         Box::pin(async move {
             let result = future.instrument(span.clone()).await;
@@ -93,6 +98,19 @@ where
             result
         })
     }
+}
+
+tokio::task_local! {
+    /// Set while the current span stands for the calls made (see [`calls_traced_by_span`]).
+    static CALLS_IN_SPAN: ();
+}
+
+/// Runs `work` with the current span standing for its gRPC calls: they open no client span of
+/// their own and carry the current span's context, so the services' spans hang under it. A
+/// saga step's span does this: it records the step, its attempts (an event per failed one) and
+/// its outcome, and a client span per call beside it would double the spans of a saga.
+pub async fn calls_traced_by_span<F: Future>(work: F) -> F::Output {
+    CALLS_IN_SPAN.scope((), work).await
 }
 
 /// Wraps a channel so that its calls are traced.
@@ -138,6 +156,12 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        if CALLS_IN_SPAN.try_with(|_| ()).is_ok() {
+            let context = super::sampling::unsampled_context()
+                .unwrap_or_else(|| tracing::Span::current().context());
+            super::inject(&context, request.headers_mut());
+            return Box::pin(self.inner.call(request));
+        }
         let path = request.uri().path().trim_start_matches('/').to_owned();
         let (service, method) = path.split_once('/').unwrap_or((path.as_str(), ""));
         let span = tracing::info_span!(
@@ -149,7 +173,9 @@ where
             rpc.method = %method,
             rpc.grpc.status_code = tracing::field::Empty,
         );
-        super::inject(&span.context(), request.headers_mut());
+        // In an unsampled trace the span is not traced; its context still goes along.
+        let context = super::sampling::unsampled_context().unwrap_or_else(|| span.context());
+        super::inject(&context, request.headers_mut());
         let future = self.inner.call(request);
         Box::pin(async move {
             let result = future.instrument(span.clone()).await;

@@ -13,7 +13,6 @@
 //! Metrics (see [`metrics`]): the services serve them to Prometheus at `GET /metrics`; every
 //! binary also exports them over OTLP when an endpoint is set (`OTEL_METRICS_EXPORTER=none`
 //! turns that off, `OTEL_METRIC_EXPORT_INTERVAL` sets the period).
-use std::fmt;
 
 use std::io::IsTerminal;
 
@@ -25,22 +24,23 @@ use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
-use serde_json::{Map, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
-use tracing::field::{Field, Visit};
-use tracing::{Event, Subscriber};
-use tracing_subscriber::fmt::format::Writer;
-use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
-use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
-use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::{EnvFilter, Layer, fmt as tfmt, prelude::*};
 
 pub mod exposition;
 mod grpc;
+mod logs;
 pub mod metrics;
+mod sampling;
 
-pub use grpc::{GrpcClientTrace, GrpcClientTraceLayer, GrpcTrace, GrpcTraceLayer, grpc_status};
+pub use grpc::{
+    GrpcClientTrace, GrpcClientTraceLayer, GrpcTrace, GrpcTraceLayer, calls_traced_by_span,
+    grpc_status,
+};
+pub use logs::flush as flush_logs;
 pub use metrics::{RpcMetrics, RpcMetricsLayer, StatusCounter};
+pub use sampling::{sampled, unsampled};
 
 /// Keeps telemetry alive; [`TelemetryGuard::shutdown`] flushes the last spans and metrics.
 #[must_use = "telemetry stops when the guard is dropped"]
@@ -73,6 +73,7 @@ impl TelemetryGuard {
                 tracing::warn!(%err, "could not flush the last spans");
             }
         }
+        logs::flush_for_exit();
     }
 }
 
@@ -92,21 +93,26 @@ impl Drop for TelemetryGuard {
             })
             .join();
         }
+        logs::flush_for_exit();
     }
 }
 
-/// The log filter from `RUST_LOG` (default `info`). Plain `target=level` directives become a
-/// `Targets` filter, which costs next to nothing per span; `EnvFilter` (span and field
-/// directives) is used only when `RUST_LOG` needs it, since it runs on every span enter and exit.
-fn log_filter<S>() -> Box<dyn tracing_subscriber::layer::Filter<S> + Send + Sync>
-where
-    S: Subscriber + for<'a> LookupSpan<'a>,
-{
+/// The log filter from `RUST_LOG` (default `info`).
+enum LogFilter {
+    /// Plain `target=level` directives: next to nothing per span or event.
+    Targets(Targets),
+    /// Span and field directives need `EnvFilter`, which runs on every span enter and exit.
+    Env(Box<EnvFilter>),
+}
+
+fn log_filter() -> LogFilter {
     let directives = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
-    if let Ok(targets) = directives.parse::<tracing_subscriber::filter::Targets>() {
-        return Box::new(targets);
+    match directives.parse::<Targets>() {
+        Ok(targets) => LogFilter::Targets(targets),
+        Err(_) => LogFilter::Env(Box::new(
+            EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info")),
+        )),
     }
-    Box::new(EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info")))
 }
 
 /// Whether logs should be JSON lines.
@@ -246,20 +252,25 @@ pub fn init_with(service_name: &str, prometheus: bool) -> TelemetryGuard {
             .with_tracked_inactivity(false)
             .with_threads(false)
             .with_location(false)
-            .with_filter(tracing_subscriber::filter::LevelFilter::INFO)
+            .with_filter(sampling::SampledOnly)
     });
     let logs = if json_logs() {
-        tfmt::layer()
-            .event_format(JsonWithTrace)
-            .with_writer(std::io::stderr)
-            .with_filter(log_filter())
-            .boxed()
+        logs::flush_on_panic();
+        let traced = otel.is_some();
+        match log_filter() {
+            LogFilter::Targets(targets) => logs::JsonLogs { traced }
+                .with_filter(logs::EventsOnly(targets))
+                .boxed(),
+            LogFilter::Env(filter) => logs::JsonLogs { traced }.with_filter(*filter).boxed(),
+        }
     } else {
-        tfmt::layer()
+        let layer = tfmt::layer()
             .with_writer(std::io::stderr)
-            .with_target(false)
-            .with_filter(log_filter())
-            .boxed()
+            .with_target(false);
+        match log_filter() {
+            LogFilter::Targets(targets) => layer.with_filter(targets).boxed(),
+            LogFilter::Env(filter) => layer.with_filter(*filter).boxed(),
+        }
     };
     let installed = tracing_subscriber::registry()
         .with(otel)
@@ -290,14 +301,14 @@ pub fn init_with(service_name: &str, prometheus: bool) -> TelemetryGuard {
     }
 }
 
-/// The W3C trace id of the current span, if it is being traced.
+/// The W3C trace id of the current span, if it is being traced and sampled (exported).
 pub fn current_trace_id() -> Option<String> {
     use tracing_opentelemetry::OpenTelemetrySpanExt;
     let context = tracing::Span::current().context();
     let span = context.span();
     let span_context = span.span_context();
     span_context
-        .is_valid()
+        .is_sampled()
         .then(|| span_context.trace_id().to_string())
 }
 
@@ -349,83 +360,6 @@ pub fn context_from_env() -> Option<Context> {
     }
     let context = extract(&headers);
     context.span().span_context().is_valid().then_some(context)
-}
-
-/// JSON lines with the event's fields flattened, its span's name, and the trace and span ids.
-struct JsonWithTrace;
-
-impl<S, N> FormatEvent<S, N> for JsonWithTrace
-where
-    S: Subscriber + for<'a> LookupSpan<'a>,
-    N: for<'a> FormatFields<'a> + 'static,
-{
-    fn format_event(
-        &self,
-        ctx: &FmtContext<'_, S, N>,
-        mut writer: Writer<'_>,
-        event: &Event<'_>,
-    ) -> fmt::Result {
-        let mut line = Map::new();
-        let mut timestamp = String::new();
-        SystemTime.format_time(&mut Writer::new(&mut timestamp))?;
-        line.insert("timestamp".into(), Value::String(timestamp));
-        line.insert(
-            "level".into(),
-            Value::String(event.metadata().level().to_string()),
-        );
-        event.record(&mut JsonVisitor(&mut line));
-        line.insert(
-            "target".into(),
-            Value::String(event.metadata().target().to_owned()),
-        );
-        if let Some(span) = ctx.lookup_current() {
-            line.insert("span".into(), Value::String(span.name().to_owned()));
-            let context = tracing::dispatcher::get_default(|dispatch| {
-                tracing_opentelemetry::get_otel_context(&span.id(), dispatch)
-            });
-            if let Some(context) = context {
-                let otel_span = context.span();
-                let span_context = otel_span.span_context();
-                if span_context.is_valid() {
-                    line.insert(
-                        "trace_id".into(),
-                        Value::String(span_context.trace_id().to_string()),
-                    );
-                    line.insert(
-                        "span_id".into(),
-                        Value::String(span_context.span_id().to_string()),
-                    );
-                }
-            }
-        }
-        let text = serde_json::to_string(&line).map_err(|_| fmt::Error)?;
-        writeln!(writer, "{text}")
-    }
-}
-
-struct JsonVisitor<'a>(&'a mut Map<String, Value>);
-
-impl Visit for JsonVisitor<'_> {
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.0
-            .insert(field.name().to_owned(), Value::String(format!("{value:?}")));
-    }
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.0
-            .insert(field.name().to_owned(), Value::String(value.to_owned()));
-    }
-    fn record_i64(&mut self, field: &Field, value: i64) {
-        self.0.insert(field.name().to_owned(), Value::from(value));
-    }
-    fn record_u64(&mut self, field: &Field, value: u64) {
-        self.0.insert(field.name().to_owned(), Value::from(value));
-    }
-    fn record_bool(&mut self, field: &Field, value: bool) {
-        self.0.insert(field.name().to_owned(), Value::from(value));
-    }
-    fn record_f64(&mut self, field: &Field, value: f64) {
-        self.0.insert(field.name().to_owned(), Value::from(value));
-    }
 }
 
 #[cfg(test)]
