@@ -238,14 +238,14 @@ impl<P: Participants> Saga<'_, P> {
                     .instrument(span)
                     .await;
             }
-        }
-        .instrument(root.clone());
+        };
         if saga_common::telemetry::sampled(&context) {
-            work.await;
+            work.instrument(root.clone()).await;
+            record_outcome(&root, &run.report);
         } else {
+            // Not even the root is entered on each poll: the context alone travels.
             saga_common::telemetry::unsampled(context, work).await;
         }
-        record_outcome(&root, &run.report);
         run.report
     }
 
