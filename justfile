@@ -88,7 +88,7 @@ cluster-up:
 cluster-down:
     ./scripts/cluster down
 
-# Every step of the kind flow on that cluster (install, test, grpcurl, traces, upgrade,
+# Every step of the kind flow on that cluster (install, test, grpcurl, traces, metrics, recovery, upgrade,
 # rollback, reinstall, variants, k8s/); ends with `cluster test: N passed, M failed`.
 cluster-test *STEPS:
     ./scripts/test-cluster {{STEPS}}
