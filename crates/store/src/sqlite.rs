@@ -1,11 +1,20 @@
-//! SQLite, the embedded default: one connection on its own thread, and group commit.
+//! SQLite, the embedded default: one writer connection on its own thread with group commit, and
+//! one reader connection on another.
 //!
 //! SQLite takes one writer at a time, so a pool buys nothing; what costs is the way to the
-//! connection and the commit. Requests queue on a channel; the thread takes everything queued
-//! (up to [`MAX_BATCH`]), runs it in one transaction and answers each request only after the
-//! COMMIT has returned, so an acknowledged write is on disk (with `synchronous = FULL`, one fsync
-//! for the whole batch instead of one per write). Under load batches grow by themselves; a lone
-//! request still commits at once.
+//! connection and the commit. Writes queue on a channel; the writer thread takes everything
+//! queued (up to [`MAX_BATCH`]), runs it in one transaction and answers each request only after
+//! the COMMIT has returned, so an acknowledged write is on disk (with `synchronous = FULL`, one
+//! fsync for the whole batch instead of one per write). Under load batches grow by themselves; a
+//! lone request still commits at once.
+//!
+//! Reads (a row, a page, a table) never join that queue: they go to a second connection on its
+//! own thread. In WAL mode a reader works while the writer writes and syncs, so a read (the
+//! `fetch` of every update among them) never waits for a batch's commit. Each read statement
+//! starts from the last committed state, and a write is acknowledged only once committed, so a
+//! read sees every write acknowledged before it was asked; it may or may not see one still in
+//! flight, as on any database. SQLite publishes a commit to readers only after its sync, so with
+//! `synchronous = FULL` a read never sees a write that a power cut could still take back.
 //!
 //! The table layout, statements and repository are those of [`crate::sql`].
 use std::path::Path;
@@ -24,9 +33,10 @@ use crate::sql::{
 /// Requests per transaction at most: bounds the time a batch holds its callers.
 const MAX_BATCH: usize = 256;
 
-/// What the thread can be asked. Tables are the records' `TABLE` constants, never input.
+/// What the writer can be asked: each runs inside the batch's transaction. Tables are the
+/// records' `TABLE` constants, never input.
 #[derive(Debug)]
-enum Op {
+enum Write {
     Migrate {
         table: &'static str,
     },
@@ -37,17 +47,22 @@ enum Op {
         key: String,
         body: String,
     },
-    Get {
-        table: &'static str,
-        by: Column,
-        value: String,
-    },
     /// Writes `body` if the row is still at `version`.
     Update {
         table: &'static str,
         row: Owned,
         version: i64,
         body: String,
+    },
+}
+
+/// What the reader can be asked.
+#[derive(Debug)]
+enum Read {
+    Get {
+        table: &'static str,
+        by: Column,
+        value: String,
     },
     All {
         table: &'static str,
@@ -58,7 +73,7 @@ enum Op {
     },
 }
 
-/// [`Indexed`] as the thread takes it.
+/// [`Indexed`] as the writer takes it.
 #[derive(Debug)]
 struct Owned {
     id: String,
@@ -96,10 +111,11 @@ pub enum Synchronous {
     Normal,
 }
 
-/// An open SQLite database, served by its thread until the last handle is dropped.
+/// An open SQLite database, served by its threads until the last handle is dropped.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
-    requests: mpsc::Sender<(Op, Reply)>,
+    writes: mpsc::Sender<(Write, Reply)>,
+    reads: mpsc::Sender<(Read, Reply)>,
     /// Never sent on: the checkpoint thread stops when the last clone of this is dropped.
     _checkpoints: mpsc::Sender<()>,
 }
@@ -118,18 +134,24 @@ impl SqliteStore {
             ))
         })?;
         let file = data_dir.join(format!("{service}.sqlite"));
-        let conn = connect(&file, synchronous).map_err(|err| {
+        let cannot_open = |err: rusqlite::Error| {
             StoreError::Unavailable(format!("cannot open {}: {err}", file.display()))
-        })?;
-        let checkpointer = connect(&file, synchronous).map_err(|err| {
-            StoreError::Unavailable(format!("cannot open {}: {err}", file.display()))
-        })?;
+        };
+        // The writer first: it turns a new file to WAL, which the others then find.
+        let writer = connect(&file, synchronous).map_err(cannot_open)?;
+        let reader = connect_reader(&file).map_err(cannot_open)?;
+        let checkpointer = connect(&file, synchronous).map_err(cannot_open)?;
         let spawn_failed =
             |err: std::io::Error| StoreError::Unavailable(format!("cannot start a thread: {err}"));
-        let (requests, queue) = mpsc::channel();
+        let (writes, queue) = mpsc::channel();
         std::thread::Builder::new()
             .name(format!("sqlite-{service}"))
-            .spawn(move || serve(conn, queue))
+            .spawn(move || serve_writes(writer, queue))
+            .map_err(spawn_failed)?;
+        let (reads, queue) = mpsc::channel();
+        std::thread::Builder::new()
+            .name(format!("sqlite-read-{service}"))
+            .spawn(move || serve_reads(&reader, queue))
             .map_err(spawn_failed)?;
         let (_checkpoints, stop) = mpsc::channel();
         std::thread::Builder::new()
@@ -137,25 +159,25 @@ impl SqliteStore {
             .spawn(move || checkpoint(&checkpointer, &stop))
             .map_err(spawn_failed)?;
         Ok(Self {
-            requests,
+            writes,
+            reads,
             _checkpoints,
         })
     }
+}
 
-    async fn ask(&self, op: Op) -> Result<Outcome, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        self.requests
-            .send((op, reply))
-            .map_err(|_| StoreError::Unavailable("the SQLite thread has stopped".into()))?;
-        answer
-            .await
-            .map_err(|_| StoreError::Unavailable("the SQLite thread has stopped".into()))?
-    }
+/// Sends `op` to the thread behind `queue` and waits for its answer.
+async fn ask<T>(queue: &mpsc::Sender<(T, Reply)>, op: T) -> Result<Outcome, StoreError> {
+    let stopped = || StoreError::Unavailable("the SQLite thread has stopped".into());
+    let (reply, answer) = oneshot::channel();
+    queue.send((op, reply)).map_err(|_| stopped())?;
+    answer.await.map_err(|_| stopped())?
 }
 
 fn connect(file: &Path, synchronous: Synchronous) -> rusqlite::Result<Connection> {
     let conn = Connection::open(file)?;
-    // WAL: a commit appends to the log; readers of the file (the checker) never block us.
+    // WAL: a commit appends to the log; readers of the file (our reader, the checker) never
+    // block us, nor we them.
     conn.pragma_update(None, "journal_mode", "WAL")?;
     let sync = match synchronous {
         Synchronous::Full => "FULL",
@@ -171,11 +193,20 @@ fn connect(file: &Path, synchronous: Synchronous) -> rusqlite::Result<Connection
     Ok(conn)
 }
 
+/// The reader's connection: the same file, refusing any write of its own.
+fn connect_reader(file: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(file)?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.set_prepared_statement_cache_capacity(64);
+    conn.pragma_update(None, "query_only", true)?;
+    Ok(conn)
+}
+
 /// How often the log is copied into the database: often enough to keep it small.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 
-/// The checkpoint thread. PASSIVE never blocks the writer; a checkpoint that cannot finish
-/// (a reader in the way) finishes on a later tick.
+/// The checkpoint thread. PASSIVE never blocks the writer or the reader; a checkpoint that
+/// cannot finish (a reader in the way) finishes on a later tick.
 fn checkpoint(conn: &Connection, stop: &mpsc::Receiver<()>) {
     let mut warned = false;
     while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY) {
@@ -191,8 +222,8 @@ fn checkpoint(conn: &Connection, stop: &mpsc::Receiver<()>) {
     let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
 }
 
-/// The thread: batches until every handle is gone.
-fn serve(mut conn: Connection, queue: mpsc::Receiver<(Op, Reply)>) {
+/// The writer thread: batches until every handle is gone.
+fn serve_writes(mut conn: Connection, queue: mpsc::Receiver<(Write, Reply)>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Ok(first) = queue.recv() {
         batch.push(first);
@@ -213,7 +244,7 @@ fn serve(mut conn: Connection, queue: mpsc::Receiver<(Op, Reply)>) {
 /// Runs `batch` in one transaction. A statement that fails fails its own request (SQLite undoes
 /// just that statement); if SQLite had to abandon the whole transaction, or the COMMIT fails,
 /// nothing in the batch is acknowledged.
-fn run_batch(conn: &mut Connection, batch: &[(Op, Reply)]) -> Vec<Result<Outcome, StoreError>> {
+fn run_batch(conn: &mut Connection, batch: &[(Write, Reply)]) -> Vec<Result<Outcome, StoreError>> {
     let all_failed = |why: String| {
         batch
             .iter()
@@ -226,7 +257,7 @@ fn run_batch(conn: &mut Connection, batch: &[(Op, Reply)]) -> Vec<Result<Outcome
     };
     let mut answers = Vec::with_capacity(batch.len());
     for (op, _) in batch {
-        match run(&tx, op) {
+        match write(&tx, op) {
             Ok(outcome) => answers.push(Ok(outcome)),
             Err(err) if tx.is_autocommit() => {
                 return all_failed(format!("transaction rolled back, nothing written: {err}"));
@@ -240,9 +271,9 @@ fn run_batch(conn: &mut Connection, batch: &[(Op, Reply)]) -> Vec<Result<Outcome
     }
 }
 
-fn run(conn: &Connection, op: &Op) -> rusqlite::Result<Outcome> {
+fn write(conn: &Connection, op: &Write) -> rusqlite::Result<Outcome> {
     match op {
-        Op::Migrate { table } => {
+        Write::Migrate { table } => {
             conn.execute(SCHEMA_TABLE, [])?;
             let applied = conn
                 .prepare(APPLIED_SQL)?
@@ -253,7 +284,7 @@ fn run(conn: &Connection, op: &Op) -> rusqlite::Result<Outcome> {
             }
             Ok(Outcome::Done(()))
         }
-        Op::Insert {
+        Write::Insert {
             table,
             row,
             key,
@@ -262,14 +293,14 @@ fn run(conn: &Connection, op: &Op) -> rusqlite::Result<Outcome> {
             let inserted = conn
                 .prepare_cached(&sql::insert_sql(table))?
                 .execute(params![row.id, key, body, row.status, row.updated_at])?;
+            // The row that holds the key, read inside this same transaction.
             Ok(Outcome::Inserted(if inserted == 1 {
                 Inserted::New
             } else {
                 Inserted::Existing(fetch(conn, table, Column::Key, key)?)
             }))
         }
-        Op::Get { table, by, value } => Ok(Outcome::Row(fetch(conn, table, *by, value)?)),
-        Op::Update {
+        Write::Update {
             table,
             row,
             version,
@@ -280,7 +311,22 @@ fn run(conn: &Connection, op: &Op) -> rusqlite::Result<Outcome> {
                 .execute(params![body, row.status, row.updated_at, row.id, version])?;
             Ok(Outcome::Updated(written == 1))
         }
-        Op::List { table, params } => {
+    }
+}
+
+/// The reader thread: one read at a time, each answered as soon as it is done, until every
+/// handle is gone. Each statement runs in its own read transaction, on the latest commit.
+fn serve_reads(conn: &Connection, queue: mpsc::Receiver<(Read, Reply)>) {
+    while let Ok((op, reply)) = queue.recv() {
+        let answer = read(conn, &op).map_err(|err| StoreError::Unavailable(err.to_string()));
+        let _ = reply.send(answer);
+    }
+}
+
+fn read(conn: &Connection, op: &Read) -> rusqlite::Result<Outcome> {
+    match op {
+        Read::Get { table, by, value } => Ok(Outcome::Row(fetch(conn, table, *by, value)?)),
+        Read::List { table, params } => {
             let mut statement =
                 conn.prepare_cached(&sql::list_sql(table, params.status.is_some()))?;
             let read = |row: &rusqlite::Row<'_>| Ok((row.get(0)?, row.get(1)?));
@@ -307,7 +353,7 @@ fn run(conn: &Connection, op: &Op) -> rusqlite::Result<Outcome> {
             };
             Ok(Outcome::Page(rows.collect::<rusqlite::Result<Vec<Row>>>()?))
         }
-        Op::All { table } => {
+        Read::All { table } => {
             let mut statement = conn.prepare_cached(&sql::all_sql(table))?;
             let rows = statement
                 .query_map([], |row| row.get(0))?
@@ -332,10 +378,10 @@ fn unexpected(outcome: Outcome) -> StoreError {
     ))
 }
 
-/// Sends `op` to the thread and unpacks the one kind of answer it has.
+/// Sends `op` on `queue` and unpacks the one kind of answer it has.
 macro_rules! ask {
-    ($store:expr, $op:expr, $answer:path) => {
-        match $store.ask($op).await? {
+    ($queue:expr, $op:expr, $answer:path) => {
+        match ask($queue, $op).await? {
             $answer(value) => Ok(value),
             other => Err(unexpected(other)),
         }
@@ -344,7 +390,7 @@ macro_rules! ask {
 
 impl SqlDatabase for SqliteStore {
     async fn migrate_table(&self, table: Table) -> Result<()> {
-        ask!(self, Op::Migrate { table }, Outcome::Done)
+        ask!(&self.writes, Write::Migrate { table }, Outcome::Done)
     }
 
     async fn insert(
@@ -356,8 +402,8 @@ impl SqlDatabase for SqliteStore {
     ) -> Result<Inserted> {
         let (row, key) = (row.into(), key.to_owned());
         ask!(
-            self,
-            Op::Insert {
+            &self.writes,
+            Write::Insert {
                 table,
                 row,
                 key,
@@ -369,7 +415,7 @@ impl SqlDatabase for SqliteStore {
 
     async fn fetch(&self, table: Table, by: Column, value: &str) -> Result<Option<Row>> {
         let value = value.to_owned();
-        ask!(self, Op::Get { table, by, value }, Outcome::Row)
+        ask!(&self.reads, Read::Get { table, by, value }, Outcome::Row)
     }
 
     async fn write_at(
@@ -381,8 +427,8 @@ impl SqlDatabase for SqliteStore {
     ) -> Result<bool> {
         let row = row.into();
         ask!(
-            self,
-            Op::Update {
+            &self.writes,
+            Write::Update {
                 table,
                 row,
                 version,
@@ -393,19 +439,19 @@ impl SqlDatabase for SqliteStore {
     }
 
     async fn all(&self, table: Table) -> Result<Vec<String>> {
-        ask!(self, Op::All { table }, Outcome::Rows)
+        ask!(&self.reads, Read::All { table }, Outcome::Rows)
     }
 
     async fn list(&self, table: Table, params: ListParams) -> Result<Vec<Row>> {
-        ask!(self, Op::List { table, params }, Outcome::Page)
+        ask!(&self.reads, Read::List { table, params }, Outcome::Page)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Repository;
     use crate::tests::{Item, contract, item, race};
+    use crate::{ListQuery, Repository};
 
     fn temp_dir(name: &str) -> std::path::PathBuf {
         std::env::temp_dir().join(format!("saga-sqlite-{name}-{}", std::process::id()))
@@ -438,6 +484,79 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let store = open(&dir, Synchronous::Normal).await;
         race(std::sync::Arc::new(store.repository::<Item>()), 50).await;
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_read_never_waits_for_a_commit_in_progress() {
+        let dir = temp_dir("read-alone");
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = open(&dir, Synchronous::Full).await;
+        let repo = std::sync::Arc::new(store.repository::<Item>());
+        repo.insert_or_get(item("a", "k")).await.unwrap();
+        // Another process holds the write lock: the writer's next batch waits for it.
+        let other = Connection::open(dir.join("test.sqlite")).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let writing = tokio::spawn({
+            let repo = repo.clone();
+            async move { repo.insert_or_get(item("b", "k2")).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let read = tokio::time::timeout(Duration::from_secs(2), repo.get("a")).await;
+        assert_eq!(
+            read.expect("the read waited").unwrap(),
+            Some(item("a", "k"))
+        );
+        let page = ListQuery {
+            status: None,
+            updated_before: None,
+            after: None,
+            limit: 10,
+        };
+        let listed = tokio::time::timeout(Duration::from_secs(2), repo.list(&page)).await;
+        assert_eq!(listed.expect("the listing waited").unwrap().len(), 1);
+        assert!(
+            !writing.is_finished(),
+            "the write should still wait for the lock"
+        );
+        other.execute_batch("ROLLBACK").unwrap();
+        assert!(writing.await.unwrap().unwrap().1);
+        assert_eq!(repo.get("b").await.unwrap(), Some(item("b", "k2")));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_see_every_acknowledged_write() {
+        let dir = temp_dir("read-after-write");
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = open(&dir, Synchronous::Full).await;
+        let repo = std::sync::Arc::new(store.repository::<Item>());
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..16 {
+            let repo = repo.clone();
+            tasks.spawn(async move {
+                let (id, key) = (format!("id{i}"), format!("k{i}"));
+                repo.insert_or_get(item(&id, &key)).await.unwrap();
+                assert_eq!(repo.get_by_key(&key).await.unwrap().map(|r| r.n), Some(0));
+                for n in 1..=20 {
+                    let bumped = repo
+                        .update::<StoreError, _>(&id, |r: &Item| {
+                            Ok(Some(Item {
+                                n: r.n + 1,
+                                ..r.clone()
+                            }))
+                        })
+                        .await
+                        .unwrap();
+                    assert_eq!(bumped.map(|r| r.n), Some(n));
+                    // The acknowledged write is what the very next read finds.
+                    assert_eq!(repo.get(&id).await.unwrap().map(|r| r.n), Some(n));
+                }
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.unwrap();
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
