@@ -278,7 +278,6 @@ impl Sink {
     /// Waits for a line, lets more gather for [`LINGER`], writes them all; again. Under load
     /// that is one wake-up and one `write(2)` per period, whatever the rate of lines.
     fn serve(&self) {
-        let mut spare = Vec::with_capacity(16 * 1024);
         loop {
             {
                 let mut waiting = lock(&self.waiting);
@@ -291,13 +290,7 @@ impl Sink {
                 }
             }
             std::thread::sleep(LINGER);
-            let _out = lock(&self.out);
-            std::mem::swap(&mut spare, &mut lock(&self.waiting).lines);
-            let _ = std::io::stderr().lock().write_all(&spare);
-            spare.clear();
-            if spare.capacity() > BACKLOG {
-                spare = Vec::with_capacity(16 * 1024);
-            }
+            self.write_out(None);
         }
     }
 }
