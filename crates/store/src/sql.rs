@@ -1,6 +1,7 @@
 //! What the two SQL stores share: the table layout, the statements, the migrations and the whole
 //! repository contract ([`SqlRepository`]). A database ([`SqlDatabase`]) only runs statements:
-//! SQLite on its own thread ([`crate::sqlite`]), PostgreSQL on a pool ([`crate::postgres`]).
+//! SQLite on its own thread ([`crate::sqlite`]), PostgreSQL in a task per table that batches
+//! them ([`crate::postgres`]); both group-commit writes.
 //!
 //! Each kind of record is one table: `id` (primary key), `key` (unique: the idempotency key),
 //! `version` (bumped by every update), `body` (the record as JSON), and `status` and
@@ -54,6 +55,7 @@ pub(crate) const SCHEMA_TABLE: &str = "CREATE TABLE IF NOT EXISTS order_saga_sch
 /// The migrations `table` has had: a single `version` column.
 pub(crate) const APPLIED_SQL: &str = "SELECT version FROM order_saga_schema WHERE tbl = $1";
 
+/// One insert (SQLite; PostgreSQL inserts a batch at once with the same conflict rule).
 pub(crate) fn insert_sql(table: &str) -> String {
     format!(
         "INSERT INTO {table} (id, key, version, body, status, updated_at) VALUES ($1, $2, 1, $3, $4, $5) ON CONFLICT (key) DO NOTHING"
@@ -64,6 +66,7 @@ pub(crate) fn select_sql(table: &str, by: Column) -> String {
     format!("SELECT body, version FROM {table} WHERE {} = $1", by.name())
 }
 
+/// One update (SQLite; PostgreSQL updates a batch at once with the same version check).
 pub(crate) fn update_sql(table: &str) -> String {
     format!(
         "UPDATE {table} SET body = $1, status = $2, updated_at = $3, version = version + 1 WHERE id = $4 AND version = $5"
