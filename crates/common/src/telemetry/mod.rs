@@ -223,6 +223,31 @@ impl<E: SpanExporter> SpanExporter for WarnOnce<E> {
     }
 }
 
+/// The log layer `LOG_FORMAT` and `RUST_LOG` ask for; `traced` when spans go to OpenTelemetry
+/// (JSON lines then carry their trace and span ids).
+fn log_layer<S>(traced: bool) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    if json_logs() {
+        logs::flush_on_panic();
+        match log_filter() {
+            LogFilter::Targets(targets) => logs::JsonLogs { traced }
+                .with_filter(logs::EventsOnly(targets))
+                .boxed(),
+            LogFilter::Env(filter) => logs::JsonLogs { traced }.with_filter(*filter).boxed(),
+        }
+    } else {
+        let layer = tfmt::layer()
+            .with_writer(std::io::stderr)
+            .with_target(false);
+        match log_filter() {
+            LogFilter::Targets(targets) => layer.with_filter(targets).boxed(),
+            LogFilter::Env(filter) => layer.with_filter(*filter).boxed(),
+        }
+    }
+}
+
 /// Installs logging and, when configured, trace and metric export for `service_name` (the
 /// default `service.name`). Logs go to stderr so that stdout stays for a binary's real output.
 pub fn init(service_name: &str) -> TelemetryGuard {
@@ -254,28 +279,18 @@ pub fn init_with(service_name: &str, prometheus: bool) -> TelemetryGuard {
             .with_location(false)
             .with_filter(sampling::SampledOnly)
     });
-    let logs = if json_logs() {
-        logs::flush_on_panic();
-        let traced = otel.is_some();
-        match log_filter() {
-            LogFilter::Targets(targets) => logs::JsonLogs { traced }
-                .with_filter(logs::EventsOnly(targets))
-                .boxed(),
-            LogFilter::Env(filter) => logs::JsonLogs { traced }.with_filter(*filter).boxed(),
-        }
-    } else {
-        let layer = tfmt::layer()
-            .with_writer(std::io::stderr)
-            .with_target(false);
-        match log_filter() {
-            LogFilter::Targets(targets) => layer.with_filter(targets).boxed(),
-            LogFilter::Env(filter) => layer.with_filter(*filter).boxed(),
-        }
+    let traced = otel.is_some();
+    // No `Option` layer: an absent one counts as wanting every span (`Interest::always`), and
+    // with it every INFO span of ours and of tonic's would be built and entered for nothing.
+    let installed = match otel {
+        Some(otel) => tracing_subscriber::registry()
+            .with(otel)
+            .with(log_layer(traced))
+            .try_init(),
+        None => tracing_subscriber::registry()
+            .with(log_layer(traced))
+            .try_init(),
     };
-    let installed = tracing_subscriber::registry()
-        .with(otel)
-        .with(logs)
-        .try_init();
     if installed.is_err() {
         // Tests start several services in one process; the first subscriber wins.
         tracing::debug!(service_name, "tracing subscriber already installed");
