@@ -14,6 +14,7 @@
 use std::future::Future;
 use std::time::Instant;
 
+use saga_common::telemetry::Root;
 use saga_proto::order::v1 as order;
 use saga_proto::payment::v1 as payment;
 use saga_proto::shipping::v1 as shipping;
@@ -194,21 +195,29 @@ impl<P: Participants> Saga<'_, P> {
             Start::Plan(_) => "saga CreateOrder",
             Start::Order(_) => "saga settle",
         };
-        let root = tracing::info_span!(
-            "saga",
-            otel.name = name,
-            saga.id = %report.saga_id,
-            saga.scenario = ?report.scenario,
-            saga.outcome = tracing::field::Empty,
-            order.id = tracing::field::Empty,
-            payment.id = tracing::field::Empty,
-            shipping.id = tracing::field::Empty,
-        );
-        if let Some(parent) = saga_common::telemetry::context_from_env() {
-            let _ = root.set_parent(parent);
-        }
-        // The sampler decides here, once for the whole saga (see telemetry::unsampled).
-        let context = root.context();
+        // The sampler decides here, once for the whole saga, before any span of it exists
+        // (see telemetry::root): an unsampled saga builds none, its context alone travels.
+        let parent = saga_common::telemetry::context_from_env();
+        let root = match saga_common::telemetry::root(parent.as_ref(), name) {
+            Root::Unsampled(context) => Err(context),
+            Root::Traced => {
+                let root = tracing::info_span!(
+                    "saga",
+                    otel.name = name,
+                    saga.id = %report.saga_id,
+                    saga.scenario = ?report.scenario,
+                    saga.outcome = tracing::field::Empty,
+                    order.id = tracing::field::Empty,
+                    payment.id = tracing::field::Empty,
+                    shipping.id = tracing::field::Empty,
+                );
+                if let Some(parent) = parent {
+                    let _ = root.set_parent(parent);
+                }
+                saga_common::telemetry::start_root(&root);
+                Ok(root)
+            }
+        };
         let started = Instant::now();
         let mut run = Run {
             report,
@@ -239,12 +248,12 @@ impl<P: Participants> Saga<'_, P> {
                     .await;
             }
         };
-        if saga_common::telemetry::sampled(&context) {
-            work.instrument(root.clone()).await;
-            record_outcome(&root, &run.report);
-        } else {
-            // Not even the root is entered on each poll: the context alone travels.
-            saga_common::telemetry::unsampled(context, work).await;
+        match root {
+            Ok(root) => {
+                work.instrument(root.clone()).await;
+                record_outcome(&root, &run.report);
+            }
+            Err(context) => saga_common::telemetry::unsampled(context, work).await,
         }
         run.report
     }

@@ -16,7 +16,9 @@
 
 use std::io::IsTerminal;
 
-use opentelemetry::propagation::{Extractor, Injector, TextMapCompositePropagator};
+use opentelemetry::propagation::{
+    Extractor, Injector, TextMapCompositePropagator, TextMapPropagator,
+};
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::Resource;
@@ -40,7 +42,7 @@ pub use grpc::{
 };
 pub use logs::flush as flush_logs;
 pub use metrics::{RpcMetrics, RpcMetricsLayer, StatusCounter};
-pub use sampling::{sampled, unsampled};
+pub use sampling::{Root, root, sampled, start_root, unsampled};
 
 /// Keeps telemetry alive; [`TelemetryGuard::shutdown`] flushes the last spans and metrics.
 #[must_use = "telemetry stops when the guard is dropped"]
@@ -182,7 +184,12 @@ fn tracer_provider(service_name: &str) -> Result<SdkTracerProvider, String> {
             .build()
     }
     .map_err(|err| err.to_string())?;
+    // The sampler OTEL_TRACES_SAMPLER asks for, kept for sampling::root as well.
+    let sampler = opentelemetry_sdk::trace::Config::default().sampler;
+    sampling::keep_sampler(sampler.box_clone());
     Ok(SdkTracerProvider::builder()
+        .with_sampler(sampler)
+        .with_id_generator(sampling::PinnedIds::default())
         .with_batch_exporter(WarnOnce {
             inner: exporter,
             warned: AtomicBool::new(false),
@@ -257,10 +264,8 @@ pub fn init(service_name: &str) -> TelemetryGuard {
 /// As [`init`]; with `prometheus`, metrics are also kept for the Prometheus text exposition
 /// ([`TelemetryGuard::registry`], served by [`exposition::serve`]).
 pub fn init_with(service_name: &str, prometheus: bool) -> TelemetryGuard {
-    opentelemetry::global::set_text_map_propagator(TextMapCompositePropagator::new(vec![
-        Box::new(TraceContextPropagator::new()),
-        Box::new(BaggagePropagator::new()),
-    ]));
+    // For libraries that ask the global; ours use PROPAGATOR, which takes no lock.
+    opentelemetry::global::set_text_map_propagator(propagator());
     let (provider, problem) = if export_configured() {
         match tracer_provider(service_name) {
             Ok(provider) => (Some(provider), None),
@@ -327,6 +332,18 @@ pub fn current_trace_id() -> Option<String> {
         .then(|| span_context.trace_id().to_string())
 }
 
+/// W3C trace context and baggage.
+fn propagator() -> TextMapCompositePropagator {
+    TextMapCompositePropagator::new(vec![
+        Box::new(TraceContextPropagator::new()),
+        Box::new(BaggagePropagator::new()),
+    ])
+}
+
+/// The propagator of every call: the global one sits behind a lock each call would take.
+static PROPAGATOR: std::sync::LazyLock<TextMapCompositePropagator> =
+    std::sync::LazyLock::new(propagator);
+
 /// Writes `context` into HTTP/2 request headers (`traceparent`, `tracestate`, `baggage`).
 pub fn inject(context: &Context, headers: &mut http::HeaderMap) {
     struct HeaderInjector<'a>(&'a mut http::HeaderMap);
@@ -340,9 +357,7 @@ pub fn inject(context: &Context, headers: &mut http::HeaderMap) {
             }
         }
     }
-    opentelemetry::global::get_text_map_propagator(|propagator| {
-        propagator.inject_context(context, &mut HeaderInjector(headers));
-    });
+    PROPAGATOR.inject_context(context, &mut HeaderInjector(headers));
 }
 
 /// Reads a trace context from HTTP/2 request headers.
@@ -356,14 +371,18 @@ pub fn extract(headers: &http::HeaderMap) -> Context {
             self.0.keys().map(http::HeaderName::as_str).collect()
         }
     }
-    opentelemetry::global::get_text_map_propagator(|propagator| {
-        propagator.extract(&HeaderExtractor(headers))
-    })
+    PROPAGATOR.extract(&HeaderExtractor(headers))
 }
 
 /// The context handed down in the `TRACEPARENT` (and `TRACESTATE`) environment variables, as a
 /// CI system or a Job template can set them.
 pub fn context_from_env() -> Option<Context> {
+    // Read once: every saga of the run is a child of it.
+    static FROM_ENV: std::sync::OnceLock<Option<Context>> = std::sync::OnceLock::new();
+    FROM_ENV.get_or_init(read_context_from_env).clone()
+}
+
+fn read_context_from_env() -> Option<Context> {
     let traceparent = std::env::var("TRACEPARENT").ok()?;
     let mut headers = http::HeaderMap::new();
     headers.insert("traceparent", traceparent.parse().ok()?);

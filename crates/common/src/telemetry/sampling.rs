@@ -1,15 +1,23 @@
 //! An unsampled trace costs next to nothing.
 //!
 //! `tracing-opentelemetry` builds every span it is given, sampled or not: attributes, events,
-//! the SDK span. So a saga decides once, at its root span, and when the sampler says no, runs
+//! the SDK span. So a saga decides once, before its root span, and when the sampler says no, runs
 //! inside [`unsampled`]: no span or event under it reaches the OpenTelemetry layer
 //! ([`SampledOnly`]), and with `info` logs (events only) no span is created at all. The trace
 //! context still travels, with the sampled flag off, so that the services skip their spans the
 //! same way ([`sampled`] tells them) instead of starting traces of their own.
+//!
+//! Even the root span is not built for an unsampled saga: [`root`] asks the tracer provider's
+//! own sampler first, with a trace id drawn for the purpose, and when it says yes, pins that id
+//! for the root span built next on this thread ([`PinnedIds`]), so that the provider, asking the
+//! same sampler about the same id, comes to the same answer.
+use std::cell::Cell;
 use std::future::Future;
+use std::sync::OnceLock;
 
 use opentelemetry::Context;
-use opentelemetry::trace::TraceContextExt;
+use opentelemetry::trace::{SpanContext, SpanId, SpanKind, TraceContextExt, TraceFlags, TraceId};
+use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, SamplingDecision, ShouldSample};
 use tracing::subscriber::Interest;
 use tracing::{Level, Metadata};
 use tracing_subscriber::filter::LevelFilter;
@@ -18,6 +26,85 @@ use tracing_subscriber::layer::{Context as LayerContext, Filter};
 tokio::task_local! {
     /// The context of the unsampled trace the current task works for.
     static UNSAMPLED: Context;
+}
+
+/// The tracer provider's sampler, once traces are exported.
+static SAMPLER: OnceLock<Box<dyn ShouldSample>> = OnceLock::new();
+
+thread_local! {
+    /// The trace id [`root`] chose for the root span about to be built on this thread.
+    static PINNED: Cell<Option<TraceId>> = const { Cell::new(None) };
+}
+
+/// The tracer provider's id generator: random ids, but a root span gets the trace id [`root`]
+/// decided on.
+#[derive(Debug, Default)]
+pub(crate) struct PinnedIds(RandomIdGenerator);
+
+impl IdGenerator for PinnedIds {
+    fn new_trace_id(&self) -> TraceId {
+        PINNED.take().unwrap_or_else(|| self.0.new_trace_id())
+    }
+
+    fn new_span_id(&self) -> SpanId {
+        self.0.new_span_id()
+    }
+}
+
+/// Keeps the sampler the tracer provider was given, for [`root`].
+pub(crate) fn keep_sampler(sampler: Box<dyn ShouldSample>) {
+    let _ = SAMPLER.set(sampler);
+}
+
+/// How a trace (a saga) begins.
+#[derive(Debug)]
+pub enum Root {
+    /// Build the root span now, on this thread: it is exported (or nothing is, with traces off).
+    Traced,
+    /// Build no span: run the work inside [`unsampled`] with this context.
+    Unsampled(Context),
+}
+
+/// Decides, before any span of it exists, whether the trace of a root span `name` (under
+/// `parent`, a context handed down from outside, if any) is exported. On [`Root::Traced`] the
+/// caller builds its root span at once, on this thread.
+pub fn root(parent: Option<&Context>, name: &str) -> Root {
+    let Some(sampler) = SAMPLER.get() else {
+        return Root::Traced;
+    };
+    let inherited = parent
+        .map(|parent| parent.span().span_context().clone())
+        .filter(SpanContext::is_valid);
+    let ids = RandomIdGenerator::default();
+    let trace_id = inherited
+        .as_ref()
+        .map_or_else(|| ids.new_trace_id(), SpanContext::trace_id);
+    let result = sampler.should_sample(parent, trace_id, name, &SpanKind::Internal, &[], &[]);
+    if result.decision == SamplingDecision::Drop {
+        let span = SpanContext::new(
+            trace_id,
+            ids.new_span_id(),
+            TraceFlags::default(),
+            false,
+            result.trace_state,
+        );
+        let base = parent.cloned().unwrap_or_default();
+        return Root::Unsampled(base.with_remote_span_context(span));
+    }
+    if inherited.is_none() {
+        PINNED.set(Some(trace_id));
+    }
+    Root::Traced
+}
+
+/// Starts the root span built after [`Root::Traced`] (it takes the trace id [`root`] chose) and
+/// returns its context.
+pub fn start_root(span: &tracing::Span) -> Context {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let context = span.context();
+    // Nothing else may take the id: a span built without the OpenTelemetry layer never asks.
+    PINNED.set(None);
+    context
 }
 
 /// Runs `work` for the unsampled trace of `context`: its spans are not traced, and its calls
@@ -73,6 +160,54 @@ mod tests {
             true,
             TraceState::default(),
         ))
+    }
+
+    /// The only test that sets the sampler (it is set once per process).
+    #[test]
+    fn a_root_is_decided_as_the_provider_would_decide_it() {
+        use opentelemetry_sdk::trace::Sampler;
+        let sampler = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(0.5)));
+        keep_sampler(Box::new(sampler.clone()));
+        let decide = |trace_id: TraceId, parent: Option<&Context>| {
+            sampler
+                .should_sample(parent, trace_id, "saga", &SpanKind::Internal, &[], &[])
+                .decision
+        };
+        let ids = PinnedIds::default();
+        let (mut traced, mut unsampled) = (0, 0);
+        for _ in 0..200 {
+            match root(None, "saga") {
+                // The provider's next trace id is the one decided on, and it samples it too.
+                Root::Traced => {
+                    traced += 1;
+                    let trace_id = ids.new_trace_id();
+                    assert_eq!(decide(trace_id, None), SamplingDecision::RecordAndSample);
+                    assert_ne!(ids.new_trace_id(), trace_id, "pinned for one span only");
+                }
+                Root::Unsampled(context) => {
+                    unsampled += 1;
+                    let span = context.span().span_context().clone();
+                    assert!(span.is_valid() && !span.is_sampled());
+                    assert_eq!(decide(span.trace_id(), None), SamplingDecision::Drop);
+                }
+            }
+        }
+        assert!(
+            traced > 50 && unsampled > 50,
+            "{traced} traced, {unsampled} not"
+        );
+        // A parent handed down decides, and its trace id is kept; nothing is pinned.
+        assert!(matches!(
+            root(Some(&context(TraceFlags::SAMPLED)), "saga"),
+            Root::Traced
+        ));
+        assert_ne!(ids.new_trace_id(), TraceId::from(7));
+        match root(Some(&context(TraceFlags::default())), "saga") {
+            Root::Unsampled(context) => {
+                assert_eq!(context.span().span_context().trace_id(), TraceId::from(7));
+            }
+            Root::Traced => panic!("an unsampled parent's child was traced"),
+        }
     }
 
     #[test]
