@@ -402,7 +402,6 @@ mod tests {
 
     #[test]
     fn context_round_trips_through_headers() {
-        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
         let mut headers = http::HeaderMap::new();
         let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         headers.insert("traceparent", traceparent.parse().unwrap());
