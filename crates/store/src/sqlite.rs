@@ -3,22 +3,33 @@
 //!
 //! SQLite takes one writer at a time, so a pool buys nothing; what costs is the way to the
 //! connection and the commit. Writes queue on a channel; the writer thread takes everything
-//! queued (up to [`MAX_BATCH`]), runs it in one transaction and answers each request only after
-//! the COMMIT has returned, so an acknowledged write is on disk (with `synchronous = FULL`, one
-//! fsync for the whole batch instead of one per write). Under load batches grow by themselves; a
-//! lone request still commits at once.
+//! queued (up to [`MAX_BATCH`]) and runs it in one transaction. Under load batches grow by
+//! themselves; a lone request still commits at once.
 //!
-//! Reads (a row, a page, a table) never join that queue: they go to a second connection on its
-//! own thread. In WAL mode a reader works while the writer writes and syncs, so a read (the
-//! `fetch` of every update among them) never waits for a batch's commit. Each read statement
-//! starts from the last committed state, and a write is acknowledged only once committed, so a
-//! read sees every write acknowledged before it was asked; it may or may not see one still in
-//! flight, as on any database. SQLite publishes a commit to readers only after its sync, so with
-//! `synchronous = FULL` a read never sees a write that a power cut could still take back.
+//! With `synchronous = FULL` no request is answered before the log (the WAL) holding its batch
+//! has been fsynced, so an acknowledged write survives a power cut, as it would with SQLite's own
+//! FULL. But the sync does not hold the writer: the writer commits without syncing (SQLite's
+//! NORMAL: the batch is in the log, not yet on disk) and hands the batch's answers to the sync
+//! threads ([`Log`]), which fsync the log and then release every answer whose batch was
+//! committed before that fsync began. While one batch's fsync runs, the writer already commits
+//! the next, and a write waits for about one fsync instead of the rest of the running batch's
+//! plus its own. With `normal`, answers go out after COMMIT (survives a crash of the process,
+//! not a power cut).
+//!
+//! Reads (a row, a page, a table) never join the writer's queue: they go to a second connection
+//! on its own thread. In WAL mode a reader works while the writer writes, so a read (the `fetch`
+//! of every update among them) never waits for a batch. Each read statement starts from the
+//! last commit, and a write is acknowledged only after it, so a read sees every write
+//! acknowledged before it was asked. A read may also see a batch committed but not yet synced:
+//! with FULL its answer then waits for that sync, so no caller is ever told of a row that a power
+//! cut could still take back. A row carries the batch that last wrote it until that batch is on
+//! disk, so a read of older rows is answered at once; a page or a table waits for every batch
+//! committed so far.
 //!
 //! The table layout, statements and repository are those of [`crate::sql`].
-use std::path::Path;
-use std::sync::mpsc;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, mpsc};
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -118,6 +129,9 @@ pub struct SqliteStore {
     reads: mpsc::Sender<(Read, Reply)>,
     /// Never sent on: the checkpoint thread stops when the last clone of this is dropped.
     _checkpoints: mpsc::Sender<()>,
+    /// With FULL, for a test to stall the syncs.
+    #[cfg(test)]
+    log: Option<Arc<Log>>,
 }
 
 impl SqliteStore {
@@ -137,21 +151,41 @@ impl SqliteStore {
         let cannot_open = |err: rusqlite::Error| {
             StoreError::Unavailable(format!("cannot open {}: {err}", file.display()))
         };
-        // The writer first: it turns a new file to WAL, which the others then find.
-        let writer = connect(&file, synchronous).map_err(cannot_open)?;
+        // The writer first: it turns a new file to WAL, which the others then find. With FULL
+        // it commits without a sync of its own: the sync threads make each batch durable
+        // before any of its answers goes out.
+        let writer = connect(&file, Synchronous::Normal).map_err(cannot_open)?;
         let reader = connect_reader(&file).map_err(cannot_open)?;
         let checkpointer = connect(&file, synchronous).map_err(cannot_open)?;
         let spawn_failed =
             |err: std::io::Error| StoreError::Unavailable(format!("cannot start a thread: {err}"));
+        let log = match synchronous {
+            Synchronous::Full => {
+                let log = Arc::new(Log::new(wal_file(&file)));
+                for i in 0..SYNC_THREADS {
+                    let log = log.clone();
+                    std::thread::Builder::new()
+                        .name(format!("sqlite-sync{i}-{service}"))
+                        .spawn(move || log.sync_loop())
+                        .map_err(spawn_failed)?;
+                }
+                Some(log)
+            }
+            Synchronous::Normal => None,
+        };
         let (writes, queue) = mpsc::channel();
+        let writer_log = log.clone();
         std::thread::Builder::new()
             .name(format!("sqlite-{service}"))
-            .spawn(move || serve_writes(writer, queue))
+            .spawn(move || serve_writes(writer, &queue, writer_log.as_deref()))
             .map_err(spawn_failed)?;
         let (reads, queue) = mpsc::channel();
         std::thread::Builder::new()
             .name(format!("sqlite-read-{service}"))
-            .spawn(move || serve_reads(&reader, queue))
+            .spawn({
+                let log = log.clone();
+                move || serve_reads(&reader, &queue, log.as_deref())
+            })
             .map_err(spawn_failed)?;
         let (_checkpoints, stop) = mpsc::channel();
         std::thread::Builder::new()
@@ -162,6 +196,8 @@ impl SqliteStore {
             writes,
             reads,
             _checkpoints,
+            #[cfg(test)]
+            log,
         })
     }
 }
@@ -222,8 +258,9 @@ fn checkpoint(conn: &Connection, stop: &mpsc::Receiver<()>) {
     let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
 }
 
-/// The writer thread: batches until every handle is gone.
-fn serve_writes(mut conn: Connection, queue: mpsc::Receiver<(Write, Reply)>) {
+/// The writer thread: batches until every handle is gone. With a [`Log`] (FULL), each batch's
+/// answers wait in it for the fsync that makes the batch durable.
+fn serve_writes(mut conn: Connection, queue: &mpsc::Receiver<(Write, Reply)>, log: Option<&Log>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Ok(first) = queue.recv() {
         batch.push(first);
@@ -233,18 +270,57 @@ fn serve_writes(mut conn: Connection, queue: mpsc::Receiver<(Write, Reply)>) {
                 Err(_) => break,
             }
         }
-        let answers = run_batch(&mut conn, &batch);
-        for ((_, reply), answer) in batch.drain(..).zip(answers) {
+        let failed = log.and_then(Log::failed);
+        let mut published = None;
+        let answers = match failed {
+            Some(why) => batch
+                .iter()
+                .map(|_| Err(StoreError::Unavailable(why.clone())))
+                .collect(),
+            None => run_batch(&mut conn, &batch, |answers| {
+                published = log.map(|log| log.publish(written(&batch, answers)));
+            }),
+        };
+        let answered = batch.drain(..).map(|(_, reply)| reply).zip(answers);
+        match (log, published) {
+            (Some(log), Some(batch)) => log.committed(batch, answered),
             // A caller that gave up (deadline) no longer listens; its write stands.
-            let _ = reply.send(answer);
+            _ => answered.for_each(|(reply, answer)| {
+                let _ = reply.send(answer);
+            }),
         }
     }
+    if let Some(log) = log {
+        log.close();
+    }
+}
+
+/// The rows that `batch` wrote, by table and id: what a read of them must wait for.
+fn written<'a>(
+    batch: &'a [(Write, Reply)],
+    answers: &'a [Result<Outcome, StoreError>],
+) -> impl Iterator<Item = (Table, String)> + 'a {
+    batch
+        .iter()
+        .zip(answers)
+        .filter_map(|((op, _), answer)| match (op, answer) {
+            (Write::Insert { table, row, .. }, Ok(Outcome::Inserted(Inserted::New)))
+            | (Write::Update { table, row, .. }, Ok(Outcome::Updated(true))) => {
+                Some((*table, row.id.clone()))
+            }
+            _ => None,
+        })
 }
 
 /// Runs `batch` in one transaction. A statement that fails fails its own request (SQLite undoes
 /// just that statement); if SQLite had to abandon the whole transaction, or the COMMIT fails,
-/// nothing in the batch is acknowledged.
-fn run_batch(conn: &mut Connection, batch: &[(Write, Reply)]) -> Vec<Result<Outcome, StoreError>> {
+/// nothing in the batch is acknowledged. `before_commit` sees the answers just before the
+/// COMMIT that may make them visible.
+fn run_batch(
+    conn: &mut Connection,
+    batch: &[(Write, Reply)],
+    before_commit: impl FnOnce(&[Result<Outcome, StoreError>]),
+) -> Vec<Result<Outcome, StoreError>> {
     let all_failed = |why: String| {
         batch
             .iter()
@@ -265,6 +341,7 @@ fn run_batch(conn: &mut Connection, batch: &[(Write, Reply)]) -> Vec<Result<Outc
             Err(err) => answers.push(Err(StoreError::Unavailable(err.to_string()))),
         }
     }
+    before_commit(&answers);
     match tx.commit() {
         Ok(()) => answers,
         Err(err) => all_failed(format!("commit failed, nothing written: {err}")),
@@ -314,18 +391,55 @@ fn write(conn: &Connection, op: &Write) -> rusqlite::Result<Outcome> {
     }
 }
 
-/// The reader thread: one read at a time, each answered as soon as it is done, until every
-/// handle is gone. Each statement runs in its own read transaction, on the latest commit.
-fn serve_reads(conn: &Connection, queue: mpsc::Receiver<(Read, Reply)>) {
+/// The reader thread: one read at a time, until every handle is gone. Each statement runs in
+/// its own read transaction, on the latest commit; its answer goes out at once, or with a
+/// [`Log`] (FULL) once what it read is on disk.
+fn serve_reads(conn: &Connection, queue: &mpsc::Receiver<(Read, Reply)>, log: Option<&Log>) {
     while let Ok((op, reply)) = queue.recv() {
-        let answer = read(conn, &op).map_err(|err| StoreError::Unavailable(err.to_string()));
-        let _ = reply.send(answer);
+        match read(conn, &op) {
+            Ok((outcome, seen)) => match log {
+                Some(log) => log.answer_read(seen, reply, Ok(outcome)),
+                None => {
+                    let _ = reply.send(Ok(outcome));
+                }
+            },
+            Err(err) => {
+                let _ = reply.send(Err(StoreError::Unavailable(err.to_string())));
+            }
+        }
     }
 }
 
-fn read(conn: &Connection, op: &Read) -> rusqlite::Result<Outcome> {
+/// What a read saw, for a [`Log`] to know what it must wait for.
+#[derive(Debug)]
+enum Seen {
+    Nothing,
+    Row(Table, String),
+    /// Any number of rows: everything committed so far.
+    Everything,
+}
+
+fn read(conn: &Connection, op: &Read) -> rusqlite::Result<(Outcome, Seen)> {
     match op {
-        Read::Get { table, by, value } => Ok(Outcome::Row(fetch(conn, table, *by, value)?)),
+        Read::Get { table, by, value } => {
+            let column = match by {
+                Column::Id => "id",
+                Column::Key => "key",
+            };
+            // The id too: a row is known to the log by it, whichever column found it.
+            let found = conn
+                .prepare_cached(&format!(
+                    "SELECT body, version, id FROM {table} WHERE {column} = $1"
+                ))?
+                .query_row([value], |row| {
+                    Ok(((row.get(0)?, row.get(1)?), row.get::<_, String>(2)?))
+                })
+                .optional()?;
+            Ok(match found {
+                Some((row, id)) => (Outcome::Row(Some(row)), Seen::Row(table, id)),
+                None => (Outcome::Row(None), Seen::Nothing),
+            })
+        }
         Read::List { table, params } => {
             let mut statement =
                 conn.prepare_cached(&sql::list_sql(table, params.status.is_some()))?;
@@ -351,14 +465,15 @@ fn read(conn: &Connection, op: &Read) -> rusqlite::Result<Outcome> {
                     read,
                 )?,
             };
-            Ok(Outcome::Page(rows.collect::<rusqlite::Result<Vec<Row>>>()?))
+            let page = rows.collect::<rusqlite::Result<Vec<Row>>>()?;
+            Ok((Outcome::Page(page), Seen::Everything))
         }
         Read::All { table } => {
             let mut statement = conn.prepare_cached(&sql::all_sql(table))?;
             let rows = statement
                 .query_map([], |row| row.get(0))?
                 .collect::<rusqlite::Result<Vec<String>>>()?;
-            Ok(Outcome::Rows(rows))
+            Ok((Outcome::Rows(rows), Seen::Everything))
         }
     }
 }
@@ -367,6 +482,195 @@ fn fetch(conn: &Connection, table: &str, by: Column, value: &str) -> rusqlite::R
     conn.prepare_cached(&sql::select_sql(table, by))?
         .query_row([value], |row| Ok((row.get(0)?, row.get(1)?)))
         .optional()
+}
+
+/// Sync threads per database. Two, so that a batch committed while one fsync runs starts its
+/// own at once instead of waiting for that one to end.
+const SYNC_THREADS: usize = 2;
+
+/// The log file SQLite keeps beside `file` in WAL mode.
+fn wal_file(file: &Path) -> PathBuf {
+    let mut name = file.as_os_str().to_owned();
+    name.push("-wal");
+    PathBuf::from(name)
+}
+
+/// With FULL: which batches are on disk, and the answers that wait until theirs is. Batches are
+/// numbered in commit order. An fsync of the log makes durable everything written to it before
+/// the fsync began (whatever handle wrote it), so once the fsync that began after batch `n`'s
+/// COMMIT has returned, batches up to `n` are on disk.
+#[derive(Debug)]
+struct Log {
+    wal: PathBuf,
+    state: Mutex<LogState>,
+    /// Wakes the sync threads when a batch is committed (or the writer stops).
+    more: Condvar,
+    /// Held by a test to stall the syncs.
+    #[cfg(test)]
+    stall: Mutex<()>,
+}
+
+type Answer = (Reply, Result<Outcome, StoreError>);
+
+#[derive(Debug, Default)]
+struct LogState {
+    /// The last batch about to be committed: numbered, with its rows below, before its COMMIT
+    /// can make it visible.
+    published: u64,
+    /// The last batch whose COMMIT has returned.
+    committed: u64,
+    /// The last batch an fsync has begun for.
+    claimed: u64,
+    /// Every batch up to this one is on disk.
+    durable: u64,
+    /// Rows written by batches not on disk yet: the last such batch of each.
+    unsynced: HashMap<(Table, String), u64>,
+    /// Answers waiting for a batch to be on disk.
+    held: Vec<(u64, Answer)>,
+    /// Why the log can no longer be trusted: after a failed fsync nothing says what reached the
+    /// disk, so nothing more is acknowledged until a restart has recovered the file.
+    failed: Option<String>,
+    /// The writer has stopped: the sync threads finish what is committed and stop.
+    closed: bool,
+}
+
+impl Log {
+    fn new(wal: PathBuf) -> Self {
+        Self {
+            wal,
+            state: Mutex::default(),
+            more: Condvar::new(),
+            #[cfg(test)]
+            stall: Mutex::default(),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, LogState> {
+        // No code panics while holding it; if one did, the numbers are still consistent.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn failed(&self) -> Option<String> {
+        self.state().failed.clone()
+    }
+
+    /// Numbers the batch about to be committed and records the rows it wrote.
+    fn publish(&self, rows: impl Iterator<Item = (Table, String)>) -> u64 {
+        let mut state = self.state();
+        state.published += 1;
+        let batch = state.published;
+        state.unsynced.extend(rows.map(|row| (row, batch)));
+        batch
+    }
+
+    /// Batch `batch`'s COMMIT has returned (or failed, and wrote nothing): its answers wait for
+    /// the next fsync.
+    fn committed(&self, batch: u64, answers: impl Iterator<Item = Answer>) {
+        let mut state = self.state();
+        state.committed = batch;
+        state.held.extend(answers.map(|answer| (batch, answer)));
+        drop(state);
+        self.more.notify_one();
+    }
+
+    /// Answers a read at once if what it saw is on disk, or else once it is.
+    fn answer_read(&self, seen: Seen, reply: Reply, answer: Result<Outcome, StoreError>) {
+        let mut state = self.state();
+        let needs = match &seen {
+            Seen::Nothing => 0,
+            Seen::Row(table, id) => state
+                .unsynced
+                .get(&(*table, id.clone()))
+                .copied()
+                .unwrap_or(0),
+            // A statement sees at most the batches published before it ended.
+            Seen::Everything => state.published,
+        };
+        if let Some(why) = &state.failed {
+            let _ = reply.send(Err(StoreError::Unavailable(why.clone())));
+        } else if needs <= state.durable {
+            drop(state);
+            let _ = reply.send(answer);
+        } else {
+            state.held.push((needs, (reply, answer)));
+        }
+    }
+
+    fn close(&self) {
+        self.state().closed = true;
+        self.more.notify_all();
+    }
+
+    /// A sync thread: fsyncs the log whenever a batch is committed that no fsync has begun for,
+    /// then releases the answers that waited for it.
+    fn sync_loop(&self) {
+        let mut file = None;
+        loop {
+            let target = {
+                let mut state = self.state();
+                while state.committed <= state.claimed && !state.closed && state.failed.is_none() {
+                    state = self
+                        .more
+                        .wait(state)
+                        .unwrap_or_else(PoisonError::into_inner);
+                }
+                if state.committed <= state.claimed || state.failed.is_some() {
+                    return;
+                }
+                state.claimed = state.committed;
+                state.committed
+            };
+            let synced = self.sync(&mut file);
+            let released = {
+                let mut state = self.state();
+                match synced {
+                    Ok(()) => {
+                        state.durable = state.durable.max(target);
+                        let durable = state.durable;
+                        state.unsynced.retain(|_, batch| *batch > durable);
+                        let (ready, waiting) = std::mem::take(&mut state.held)
+                            .into_iter()
+                            .partition(|(batch, _)| *batch <= durable);
+                        state.held = waiting;
+                        ready.into_iter().map(|(_, answer)| answer).collect()
+                    }
+                    Err(err) => {
+                        let why = format!(
+                            "cannot sync the SQLite log {}: {err}; what it holds may not be on disk, restart the service to recover it",
+                            self.wal.display()
+                        );
+                        tracing::error!(error = %why, "SQLite log sync failed");
+                        state.failed = Some(why.clone());
+                        self.more.notify_all();
+                        std::mem::take(&mut state.held)
+                            .into_iter()
+                            .map(|(_, (reply, _))| {
+                                (reply, Err(StoreError::Unavailable(why.clone())))
+                            })
+                            .collect::<Vec<_>>()
+                    }
+                }
+            };
+            for (reply, answer) in released {
+                // A caller that gave up (deadline) no longer listens; its write stands.
+                let _ = reply.send(answer);
+            }
+        }
+    }
+
+    /// One fsync of the log (opened on first use: SQLite creates it with the database's first
+    /// transaction, and keeps it while any connection is open).
+    fn sync(&self, file: &mut Option<std::fs::File>) -> std::io::Result<()> {
+        #[cfg(test)]
+        let _stalled = self.stall.lock().unwrap_or_else(PoisonError::into_inner);
+        if file.is_none() {
+            *file = Some(std::fs::File::open(&self.wal)?);
+        }
+        match file {
+            Some(file) => file.sync_all(),
+            None => Ok(()),
+        }
+    }
 }
 
 /// The records of one kind in a [`SqliteStore`].
@@ -557,6 +861,56 @@ mod tests {
         while let Some(done) = tasks.join_next().await {
             done.unwrap();
         }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    // The lock is held across awaits on purpose: it stalls the sync threads, not this task.
+    #[allow(clippy::await_holding_lock)]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn nothing_is_answered_before_its_batch_is_synced() {
+        let dir = temp_dir("synced");
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = open(&dir, Synchronous::Full).await;
+        let repo = std::sync::Arc::new(store.repository::<Item>());
+        repo.insert_or_get(item("a", "k")).await.unwrap();
+        let log = store.log.clone().unwrap();
+        let stalled = log.stall.lock().unwrap();
+        let writing = tokio::spawn({
+            let repo = repo.clone();
+            async move { repo.insert_or_get(item("b", "k2")).await }
+        });
+        let soon = Duration::from_millis(300);
+        tokio::time::sleep(soon).await;
+        assert!(!writing.is_finished(), "answered before the log was synced");
+        // "b" is committed (visible to the reader) but not on disk: a read of it waits, and so
+        // does a listing (it could include it); a read of "a", on disk, does not.
+        assert_eq!(
+            tokio::time::timeout(soon, repo.get("a"))
+                .await
+                .unwrap()
+                .unwrap(),
+            Some(item("a", "k"))
+        );
+        let reading = tokio::spawn({
+            let repo = repo.clone();
+            async move { repo.get_by_key("k2").await }
+        });
+        let page = ListQuery {
+            status: None,
+            updated_before: None,
+            after: None,
+            limit: 10,
+        };
+        let listing = tokio::spawn({
+            let repo = repo.clone();
+            async move { repo.list(&page).await }
+        });
+        tokio::time::sleep(soon).await;
+        assert!(!reading.is_finished() && !listing.is_finished());
+        drop(stalled);
+        assert!(writing.await.unwrap().unwrap().1);
+        assert_eq!(reading.await.unwrap().unwrap(), Some(item("b", "k2")));
+        assert_eq!(listing.await.unwrap().unwrap().len(), 2);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
