@@ -19,9 +19,12 @@ impl IdKind {
         }
     }
 
-    /// A fresh id of this kind.
+    /// A fresh id of this kind: a version 7 UUID, whose first 48 bits are the time in
+    /// milliseconds (the rest random). Ids made one after the other sort one after the other,
+    /// so the stores' indexes on ids (and on payments' and shipments' order ids) grow at their
+    /// end instead of touching a random page for every new record.
     pub fn generate(self) -> String {
-        format!("{}{}", self.prefix(), Uuid::new_v4())
+        format!("{}{}", self.prefix(), Uuid::now_v7())
     }
 
     /// Checks that `value` is an id of this kind; `field` names it in the error.
@@ -57,6 +60,13 @@ mod tests {
         for kind in [IdKind::Order, IdKind::Payment, IdKind::Shipment] {
             assert!(kind.check("id", &kind.generate()).is_ok());
         }
+    }
+
+    #[test]
+    fn generated_ids_sort_in_the_order_they_were_made() {
+        let first = IdKind::Order.generate();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        assert!(IdKind::Order.generate() > first);
     }
 
     #[test]
