@@ -508,6 +508,9 @@ struct Log {
     /// Held by a test to stall the syncs.
     #[cfg(test)]
     stall: Mutex<()>,
+    /// Set by a test to make the syncs fail.
+    #[cfg(test)]
+    fail: std::sync::atomic::AtomicBool,
 }
 
 type Answer = (Reply, Result<Outcome, StoreError>);
@@ -542,6 +545,8 @@ impl Log {
             more: Condvar::new(),
             #[cfg(test)]
             stall: Mutex::default(),
+            #[cfg(test)]
+            fail: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -568,6 +573,14 @@ impl Log {
     fn committed(&self, batch: u64, answers: impl Iterator<Item = Answer>) {
         let mut state = self.state();
         state.committed = batch;
+        // A sync failed meanwhile: no sync comes for this batch either.
+        if let Some(why) = state.failed.clone() {
+            drop(state);
+            for (reply, _) in answers {
+                let _ = reply.send(Err(StoreError::Unavailable(why.clone())));
+            }
+            return;
+        }
         state.held.extend(answers.map(|answer| (batch, answer)));
         drop(state);
         self.more.notify_one();
@@ -663,6 +676,10 @@ impl Log {
     fn sync(&self, file: &mut Option<std::fs::File>) -> std::io::Result<()> {
         #[cfg(test)]
         let _stalled = self.stall.lock().unwrap_or_else(PoisonError::into_inner);
+        #[cfg(test)]
+        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(std::io::Error::other("injected"));
+        }
         if file.is_none() {
             *file = Some(std::fs::File::open(&self.wal)?);
         }
@@ -911,6 +928,27 @@ mod tests {
         assert!(writing.await.unwrap().unwrap().1);
         assert_eq!(reading.await.unwrap().unwrap(), Some(item("b", "k2")));
         assert_eq!(listing.await.unwrap().unwrap().len(), 2);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn after_a_failed_sync_nothing_is_acknowledged() {
+        let dir = temp_dir("sync-failed");
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = open(&dir, Synchronous::Full).await;
+        let repo = store.repository::<Item>();
+        repo.insert_or_get(item("a", "k")).await.unwrap();
+        let log = store.log.clone().unwrap();
+        log.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+        let err = repo.insert_or_get(item("b", "k2")).await.unwrap_err();
+        assert!(err.to_string().contains("cannot sync"), "{err}");
+        // Neither a read nor a later write is answered: the log can no longer be trusted.
+        assert!(matches!(
+            repo.get("a").await,
+            Err(StoreError::Unavailable(_))
+        ));
+        let later = repo.insert_or_get(item("c", "k3")).await.unwrap_err();
+        assert!(later.to_string().contains("cannot sync"), "{later}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
