@@ -11,10 +11,12 @@
 //! FULL. But the sync does not hold the writer: the writer commits without syncing (SQLite's
 //! NORMAL: the batch is in the log, not yet on disk) and hands the batch's answers to the sync
 //! threads ([`Log`]), which fsync the log and then release every answer whose batch was
-//! committed before that fsync began. While one batch's fsync runs, the writer already commits
-//! the next, and a write waits for about one fsync instead of the rest of the running batch's
-//! plus its own. With `normal`, answers go out after COMMIT (survives a crash of the process,
-//! not a power cut).
+//! committed before that fsync began (an fsync covers everything written to the file before it,
+//! and SQLite, NORMAL or not, syncs the log before a checkpoint and before it starts writing the
+//! log over, so after a power cut recovery replays every synced commit). While one batch's
+//! fsync runs, the writer already commits the next, and a write waits for about one fsync
+//! instead of the rest of the running batch's plus its own. With `normal`, answers go out after
+//! COMMIT (survives a crash of the process, not a power cut).
 //!
 //! Reads (a row, a page, a table) never join the writer's queue: they go to a second connection
 //! on its own thread. In WAL mode a reader works while the writer writes, so a read (the `fetch`
