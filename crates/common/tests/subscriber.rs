@@ -62,3 +62,46 @@ fn text_logs_build_spans_for_their_context() {
         assert!(tracing::debug_span!("saga").is_disabled());
     }
 }
+
+/// With trace export on, a span inside an unsampled trace is not built either; outside one it is.
+#[test]
+fn inside_an_unsampled_trace_no_span_is_built() {
+    in_child(
+        "inside_an_unsampled_trace_no_span_is_built",
+        &[
+            ("LOG_FORMAT", "json"),
+            // Nothing listens there; no span is exported by this test anyway.
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9"),
+            ("OTEL_TRACES_SAMPLER", "always_off"),
+        ],
+    );
+    if child() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        runtime.block_on(async {
+            let _telemetry = saga_common::telemetry::init("subscriber-test");
+            let context = match saga_common::telemetry::root(None, "saga") {
+                saga_common::telemetry::Root::Unsampled(context) => context,
+                saga_common::telemetry::Root::Traced => panic!("always_off traced a root"),
+            };
+            let (built, logged) = saga_common::telemetry::unsampled(context, async {
+                (
+                    !tracing::info_span!("saga.step").is_disabled(),
+                    tracing::enabled!(tracing::Level::INFO),
+                )
+            })
+            .await;
+            assert!(!built, "a span was built inside an unsampled trace");
+            assert!(logged, "its log lines are still written");
+            assert!(!tracing::info_span!("outside").is_disabled());
+            // Nothing below INFO is even looked at (h2 and hyper trace a lot below it).
+            assert_eq!(
+                tracing::level_filters::LevelFilter::current(),
+                tracing::level_filters::LevelFilter::INFO
+            );
+            assert!(tracing::debug_span!("below").is_disabled());
+        });
+    }
+}

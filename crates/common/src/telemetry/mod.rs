@@ -288,6 +288,11 @@ pub fn init_with(service_name: &str, prometheus: bool) -> TelemetryGuard {
     // No `Option` layer: an absent one counts as wanting every span (`Interest::always`), and
     // with it every INFO span of ours and of tonic's would be built and entered for nothing.
     let installed = match otel {
+        Some(otel) if json_logs() => tracing_subscriber::registry()
+            .with(otel)
+            .with(log_layer(traced))
+            .with(sampling::UnsampledSpansOff)
+            .try_init(),
         Some(otel) => tracing_subscriber::registry()
             .with(otel)
             .with(log_layer(traced))

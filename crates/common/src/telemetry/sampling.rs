@@ -147,6 +147,32 @@ impl<S> Filter<S> for SampledOnly {
     }
 }
 
+/// With JSON logs only the OpenTelemetry layer wants spans, and not inside [`unsampled`]; this
+/// global filter says so for the whole stack. [`SampledOnly`] alone cannot: when a per-layer
+/// filter answers "sometimes" for a callsite and then every per-layer filter says no,
+/// tracing-subscriber still builds the span (its registry only skips it per layer), and an
+/// unsampled saga paid for registering, entering and closing every step span.
+pub(crate) struct UnsampledSpansOff;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for UnsampledSpansOff {
+    fn register_callsite(&self, meta: &'static Metadata<'static>) -> Interest {
+        if meta.is_span() && *meta.level() > Level::INFO {
+            Interest::never() // no layer takes spans below INFO
+        } else {
+            Interest::sometimes()
+        }
+    }
+
+    fn enabled(&self, meta: &Metadata<'_>, _: LayerContext<'_, S>) -> bool {
+        !meta.is_span() || UNSAMPLED.try_with(|_| ()).is_err()
+    }
+
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        // Never more than the other layers ask for (the stack takes the most verbose).
+        Some(LevelFilter::INFO)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
