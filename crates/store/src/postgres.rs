@@ -23,7 +23,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::StoreError;
 use crate::sql::{
-    self, APPLIED_SQL, Column, Indexed, Inserted, ListParams, Result, Row, SCHEMA_TABLE,
+    self, APPLIED_SQL, Column, Indexed, Inserted, ListParams, Owned, Result, Row, SCHEMA_TABLE,
     SqlDatabase, SqlRepository, Table,
 };
 
@@ -212,24 +212,6 @@ enum Write {
         version: i64,
         body: String,
     },
-}
-
-/// [`Indexed`] as the task takes it.
-#[derive(Debug)]
-struct Owned {
-    id: String,
-    status: &'static str,
-    updated_at: i64,
-}
-
-impl From<Indexed<'_>> for Owned {
-    fn from(row: Indexed<'_>) -> Self {
-        Self {
-            id: row.id.to_owned(),
-            status: row.status,
-            updated_at: row.updated_at,
-        }
-    }
 }
 
 impl Write {

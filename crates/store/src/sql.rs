@@ -257,6 +257,24 @@ pub struct Indexed<'a> {
     pub updated_at: i64,
 }
 
+/// [`Indexed`] with its id owned: what a store hands to the thread or task that writes it.
+#[derive(Debug)]
+pub(crate) struct Owned {
+    pub(crate) id: String,
+    pub(crate) status: &'static str,
+    pub(crate) updated_at: i64,
+}
+
+impl From<Indexed<'_>> for Owned {
+    fn from(row: Indexed<'_>) -> Self {
+        Self {
+            id: row.id.to_owned(),
+            status: row.status,
+            updated_at: row.updated_at,
+        }
+    }
+}
+
 impl<'a> Indexed<'a> {
     pub fn of<R: Record>(record: &'a R) -> Self {
         Self {

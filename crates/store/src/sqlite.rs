@@ -39,7 +39,7 @@ use tokio::sync::oneshot;
 
 use crate::StoreError;
 use crate::sql::{
-    self, APPLIED_SQL, Column, Indexed, Inserted, ListParams, Result, Row, SCHEMA_TABLE,
+    self, APPLIED_SQL, Column, Indexed, Inserted, ListParams, Owned, Result, Row, SCHEMA_TABLE,
     SqlDatabase, SqlRepository, Table,
 };
 
@@ -84,24 +84,6 @@ enum Read {
         table: &'static str,
         params: ListParams,
     },
-}
-
-/// [`Indexed`] as the writer takes it.
-#[derive(Debug)]
-struct Owned {
-    id: String,
-    status: &'static str,
-    updated_at: i64,
-}
-
-impl From<Indexed<'_>> for Owned {
-    fn from(row: Indexed<'_>) -> Self {
-        Self {
-            id: row.id.to_owned(),
-            status: row.status,
-            updated_at: row.updated_at,
-        }
-    }
 }
 
 #[derive(Debug)]
