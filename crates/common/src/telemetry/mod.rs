@@ -42,7 +42,8 @@ pub use grpc::{
 };
 pub use logs::flush as flush_logs;
 pub use metrics::{RpcMetrics, RpcMetricsLayer, StatusCounter};
-pub use sampling::{Root, root, sampled, start_root, unsampled};
+pub(crate) use sampling::sampled;
+pub use sampling::{Root, root, start_root, unsampled};
 
 /// Keeps telemetry alive; [`TelemetryGuard::shutdown`] flushes the last spans and metrics.
 #[must_use = "telemetry stops when the guard is dropped"]
@@ -230,13 +231,13 @@ impl<E: SpanExporter> SpanExporter for WarnOnce<E> {
     }
 }
 
-/// The log layer `LOG_FORMAT` and `RUST_LOG` ask for; `traced` when spans go to OpenTelemetry
-/// (JSON lines then carry their trace and span ids).
-fn log_layer<S>(traced: bool) -> Box<dyn Layer<S> + Send + Sync>
+/// The log layer `RUST_LOG` asks for, JSON lines when `json` ([`json_logs`]); `traced` when
+/// spans go to OpenTelemetry (JSON lines then carry their trace and span ids).
+fn log_layer<S>(json: bool, traced: bool) -> Box<dyn Layer<S> + Send + Sync>
 where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
 {
-    if json_logs() {
+    if json {
         logs::flush_on_panic();
         match log_filter() {
             LogFilter::Targets(targets) => logs::JsonLogs { traced }
@@ -284,21 +285,21 @@ pub fn init_with(service_name: &str, prometheus: bool) -> TelemetryGuard {
             .with_location(false)
             .with_filter(sampling::SampledOnly)
     });
-    let traced = otel.is_some();
+    let (json, traced) = (json_logs(), otel.is_some());
     // No `Option` layer: an absent one counts as wanting every span (`Interest::always`), and
     // with it every INFO span of ours and of tonic's would be built and entered for nothing.
     let installed = match otel {
-        Some(otel) if json_logs() => tracing_subscriber::registry()
+        Some(otel) if json => tracing_subscriber::registry()
             .with(otel)
-            .with(log_layer(traced))
+            .with(log_layer(json, traced))
             .with(sampling::UnsampledSpansOff)
             .try_init(),
         Some(otel) => tracing_subscriber::registry()
             .with(otel)
-            .with(log_layer(traced))
+            .with(log_layer(json, traced))
             .try_init(),
         None => tracing_subscriber::registry()
-            .with(log_layer(traced))
+            .with(log_layer(json, traced))
             .try_init(),
     };
     if installed.is_err() {

@@ -97,14 +97,13 @@ pub fn root(parent: Option<&Context>, name: &str) -> Root {
     Root::Traced
 }
 
-/// Starts the root span built after [`Root::Traced`] (it takes the trace id [`root`] chose) and
-/// returns its context.
-pub fn start_root(span: &tracing::Span) -> Context {
+/// Starts the root span built after [`Root::Traced`]: it takes the trace id [`root`] chose.
+pub fn start_root(span: &tracing::Span) {
     use tracing_opentelemetry::OpenTelemetrySpanExt;
-    let context = span.context();
+    // Asking for its context is what starts the OpenTelemetry span.
+    let _ = span.context();
     // Nothing else may take the id: a span built without the OpenTelemetry layer never asks.
     PINNED.set(None);
-    context
 }
 
 /// Runs `work` for the unsampled trace of `context`: its spans are not traced, and its calls
@@ -126,12 +125,17 @@ pub(crate) fn unsampled_context() -> Option<Context> {
     UNSAMPLED.try_with(Context::clone).ok()
 }
 
+/// Whether the current task works inside [`unsampled`].
+fn in_unsampled() -> bool {
+    UNSAMPLED.try_with(|_| ()).is_ok()
+}
+
 /// The OpenTelemetry layer's filter: spans and events at INFO and above, outside [`unsampled`].
 pub(crate) struct SampledOnly;
 
 impl<S> Filter<S> for SampledOnly {
     fn enabled(&self, meta: &Metadata<'_>, _: &LayerContext<'_, S>) -> bool {
-        *meta.level() <= Level::INFO && UNSAMPLED.try_with(|_| ()).is_err()
+        *meta.level() <= Level::INFO && !in_unsampled()
     }
 
     fn callsite_enabled(&self, meta: &'static Metadata<'static>) -> Interest {
@@ -164,7 +168,7 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for UnsampledSpansOff 
     }
 
     fn enabled(&self, meta: &Metadata<'_>, _: LayerContext<'_, S>) -> bool {
-        !meta.is_span() || UNSAMPLED.try_with(|_| ()).is_err()
+        !meta.is_span() || !in_unsampled()
     }
 
     fn max_level_hint(&self) -> Option<LevelFilter> {
