@@ -28,9 +28,16 @@
 //! disk, so a read of older rows is answered at once; a page or a table waits for every batch
 //! committed so far.
 //!
+//! A checkpoint thread copies the log into the database file every 250 ms (PASSIVE: it never
+//! blocks the writer or the reader). Under a steady stream of commits that never catches up, so
+//! SQLite never gets to write the log over from its start and the log would grow for as long as
+//! the load lasts; past [`RESTART_FRAMES`] the writer, between two batches, finishes the
+//! checkpoint and starts the log over (RESTART).
+//!
 //! The table layout, statements and repository are those of [`crate::sql`].
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, mpsc};
 use std::time::Duration;
 
@@ -42,6 +49,9 @@ use crate::sql::{
     self, APPLIED_SQL, Column, Indexed, Inserted, ListParams, Owned, Result, Row, SCHEMA_TABLE,
     SqlDatabase, SqlRepository, Table,
 };
+
+/// How long a statement waits for another process holding the file (an operator's sqlite3).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Requests per transaction at most: bounds the time a batch holds its callers.
 const MAX_BATCH: usize = 256;
@@ -125,6 +135,16 @@ impl SqliteStore {
         service: &str,
         synchronous: Synchronous,
     ) -> Result<Self, StoreError> {
+        Self::open_restarting_at(data_dir, service, synchronous, RESTART_FRAMES).await
+    }
+
+    /// [`Self::open`], the log started over past `restart_frames` (a test's is small).
+    async fn open_restarting_at(
+        data_dir: &Path,
+        service: &str,
+        synchronous: Synchronous,
+        restart_frames: i64,
+    ) -> Result<Self, StoreError> {
         std::fs::create_dir_all(data_dir).map_err(|err| {
             StoreError::Unavailable(format!(
                 "cannot create data directory {}: {err}",
@@ -159,9 +179,11 @@ impl SqliteStore {
         };
         let (writes, queue) = mpsc::channel();
         let writer_log = log.clone();
+        let restart = Arc::new(AtomicBool::new(false));
+        let writer_restart = restart.clone();
         std::thread::Builder::new()
             .name(format!("sqlite-{service}"))
-            .spawn(move || serve_writes(writer, &queue, writer_log.as_deref()))
+            .spawn(move || serve_writes(writer, &queue, writer_log.as_deref(), &writer_restart))
             .map_err(spawn_failed)?;
         let (reads, queue) = mpsc::channel();
         std::thread::Builder::new()
@@ -174,7 +196,7 @@ impl SqliteStore {
         let (_checkpoints, stop) = mpsc::channel();
         std::thread::Builder::new()
             .name(format!("sqlite-checkpoint-{service}"))
-            .spawn(move || checkpoint(&checkpointer, &stop))
+            .spawn(move || checkpoint(&checkpointer, &stop, &restart, restart_frames))
             .map_err(spawn_failed)?;
         Ok(Self {
             writes,
@@ -205,11 +227,13 @@ fn connect(file: &Path, synchronous: Synchronous) -> rusqlite::Result<Connection
     };
     conn.pragma_update(None, "synchronous", sync)?;
     // Another process on the file (an operator's sqlite3) makes us wait, not fail.
-    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.set_prepared_statement_cache_capacity(64);
     // Checkpoints (copying the log into the database file, with its fsync) run on their own
     // thread, not inside a COMMIT that a whole batch of callers waits for.
     conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    // A log that a burst grew is cut back to this when it is next started over.
+    conn.pragma_update(None, "journal_size_limit", LOG_SIZE_LIMIT)?;
     Ok(conn)
 }
 
@@ -225,17 +249,44 @@ fn connect_reader(file: &Path) -> rusqlite::Result<Connection> {
 /// How often the log is copied into the database: often enough to keep it small.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 
+/// Frames (pages) in the log past which the writer starts it over (16 MiB of 4 KiB pages).
+/// Under a steady stream of commits a PASSIVE checkpoint never catches up with the writer, so
+/// SQLite never gets to write the log over from its start: it grew for as long as the load
+/// lasted (~45 MB/s per service in the benchmark), every commit extending the file, which made
+/// every sync of it a journal commit of its new size as well.
+const RESTART_FRAMES: i64 = 4096;
+
+/// The size (bytes) a log that grew past it is cut back to when it is started over.
+const LOG_SIZE_LIMIT: i64 = 64 << 20;
+
+/// How long a restart waits for readers to leave the log before it gives up until the next
+/// tick; the writer, which runs it, holds every write meanwhile.
+const RESTART_WAIT: Duration = Duration::from_millis(100);
+
 /// The checkpoint thread. PASSIVE never blocks the writer or the reader; a checkpoint that
-/// cannot finish (a reader in the way) finishes on a later tick.
-fn checkpoint(conn: &Connection, stop: &mpsc::Receiver<()>) {
+/// cannot finish (a reader in the way) finishes on a later tick. When the log has grown past
+/// `restart_frames` ([`RESTART_FRAMES`]) it asks the writer to start it over between two
+/// batches.
+fn checkpoint(
+    conn: &Connection,
+    stop: &mpsc::Receiver<()>,
+    restart: &AtomicBool,
+    restart_frames: i64,
+) {
     let mut warned = false;
     while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY) {
-        let result = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
-        if let Err(err) = result
-            && !warned
-        {
-            tracing::warn!(error = %err, "SQLite checkpoint failed; the log grows until one succeeds");
-            warned = true;
+        // (busy, frames in the log, frames copied into the database)
+        let result = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+            row.get::<_, i64>(1)
+        });
+        match result {
+            Ok(frames) if frames > restart_frames => restart.store(true, Ordering::Relaxed),
+            Ok(_) => {}
+            Err(err) if !warned => {
+                tracing::warn!(error = %err, "SQLite checkpoint failed; the log grows until one succeeds");
+                warned = true;
+            }
+            Err(_) => {}
         }
     }
     // Leave the log empty for the next start.
@@ -244,7 +295,12 @@ fn checkpoint(conn: &Connection, stop: &mpsc::Receiver<()>) {
 
 /// The writer thread: batches until every handle is gone. With a [`Log`] (FULL), each batch's
 /// answers wait in it for the fsync that makes the batch durable.
-fn serve_writes(mut conn: Connection, queue: &mpsc::Receiver<(Write, Reply)>, log: Option<&Log>) {
+fn serve_writes(
+    mut conn: Connection,
+    queue: &mpsc::Receiver<(Write, Reply)>,
+    log: Option<&Log>,
+    restart: &AtomicBool,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Ok(first) = queue.recv() {
         batch.push(first);
@@ -273,9 +329,31 @@ fn serve_writes(mut conn: Connection, queue: &mpsc::Receiver<(Write, Reply)>, lo
                 let _ = reply.send(answer);
             }),
         }
+        if restart.swap(false, Ordering::Relaxed) {
+            restart_log(&conn);
+        }
     }
     if let Some(log) = log {
         log.close();
+    }
+}
+
+/// Copies what is left of the log into the database and waits for the readers to leave it
+/// (RESTART), so that the next commit writes the log over from its start. Run by the writer
+/// between batches: a checkpoint of this kind must have the writer's lock, which a writer
+/// busy batch after batch would never leave to another connection. SQLite syncs the log before
+/// the copy, the database after it, and the log's new header before it is written over, so
+/// nothing acknowledged depends on the frames overwritten. A restart that cannot finish in
+/// [`RESTART_WAIT`] is tried again when the log is next found too long.
+fn restart_log(conn: &Connection) {
+    let restarted = conn
+        .busy_timeout(RESTART_WAIT)
+        .and_then(|()| conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(())));
+    if let Err(err) = restarted {
+        tracing::debug!(error = %err, "SQLite log not started over; tried again later");
+    }
+    if let Err(err) = conn.busy_timeout(BUSY_TIMEOUT) {
+        tracing::warn!(error = %err, "cannot set SQLite's busy timeout back");
     }
 }
 
@@ -983,6 +1061,63 @@ mod tests {
             }
         }
         assert_eq!(rows, 100);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// How many times SQLite has started the log over: the checkpoint sequence number in its
+    /// header, which each restart increments.
+    fn log_restarts(dir: &Path) -> u32 {
+        use std::io::Read;
+        let mut header = [0u8; 16];
+        std::fs::File::open(wal_file(&dir.join("test.sqlite")))
+            .and_then(|mut file| file.read_exact(&mut header))
+            .map_or(0, |()| {
+                u32::from_be_bytes([header[12], header[13], header[14], header[15]])
+            })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn under_a_steady_stream_of_writes_the_log_is_started_over() {
+        let dir = temp_dir("log-restart");
+        let _ = std::fs::remove_dir_all(&dir);
+        // NORMAL: no caller waits for a sync, so the writer never idles, and a PASSIVE
+        // checkpoint alone never catches up with it. A restart past 16 frames (64 KiB).
+        let store = SqliteStore::open_restarting_at(&dir, "test", Synchronous::Normal, 16)
+            .await
+            .unwrap();
+        store.migrate::<Item>().await.unwrap();
+        let repo = Arc::new(store.repository::<Item>());
+        let before = log_restarts(&dir);
+        let until = std::time::Instant::now() + Duration::from_secs(2);
+        let mut writers = tokio::task::JoinSet::new();
+        for w in 0..32 {
+            let repo = repo.clone();
+            writers.spawn(async move {
+                let mut written = 0;
+                while std::time::Instant::now() < until {
+                    let id = format!("w{w}-{written}");
+                    repo.insert_or_get(item(&id, &id)).await.unwrap();
+                    written += 1;
+                }
+                written
+            });
+        }
+        let (mut largest, wal) = (0, wal_file(&dir.join("test.sqlite")));
+        while std::time::Instant::now() < until {
+            largest = largest.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut total = 0;
+        while let Some(written) = writers.join_next().await {
+            total += written.unwrap();
+        }
+        // Several times in two seconds: a checkpoint tick is 250 ms.
+        let restarts = log_restarts(&dir) - before;
+        assert!(
+            restarts >= 2,
+            "{total} writes, and the log was started over {restarts} times (largest {largest} bytes)"
+        );
+        assert_eq!(repo.all().await.unwrap().len(), total);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
