@@ -6,7 +6,7 @@ use std::process::Command;
 
 /// Runs the test `name` of this binary again in a child with `env`, where it does its checks.
 fn in_child(name: &str, env: &[(&str, &str)]) {
-    if std::env::var_os("SUBSCRIBER_CHILD").is_some() {
+    if child() {
         return;
     }
     let exe = std::env::current_exe().expect("the test binary's path");

@@ -62,8 +62,13 @@ pub(crate) fn insert_sql(table: &str) -> String {
     )
 }
 
+/// One row by id or key: its body and version, then its id (which a lookup by key needs to know
+/// the row by).
 pub(crate) fn select_sql(table: &str, by: Column) -> String {
-    format!("SELECT body, version FROM {table} WHERE {} = $1", by.name())
+    format!(
+        "SELECT body, version, id FROM {table} WHERE {} = $1",
+        by.name()
+    )
 }
 
 /// One update (SQLite; PostgreSQL updates a batch at once with the same version check).

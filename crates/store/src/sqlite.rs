@@ -484,15 +484,9 @@ enum Seen {
 fn read(conn: &Connection, op: &Read) -> rusqlite::Result<(Outcome, Seen)> {
     match op {
         Read::Get { table, by, value } => {
-            let column = match by {
-                Column::Id => "id",
-                Column::Key => "key",
-            };
             // The id too: a row is known to the log by it, whichever column found it.
             let found = conn
-                .prepare_cached(&format!(
-                    "SELECT body, version, id FROM {table} WHERE {column} = $1"
-                ))?
+                .prepare_cached(&sql::select_sql(table, *by))?
                 .query_row([value], |row| {
                     Ok(((row.get(0)?, row.get(1)?), row.get::<_, String>(2)?))
                 })
