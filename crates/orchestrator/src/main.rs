@@ -9,7 +9,11 @@ use saga_orchestrator::cli::{Cli, Exit};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
+// One thread. The orchestrator only waits on the services: one thread drives more sagas than
+// three services on the same cores serve, and a multi-thread runtime spent a third of the
+// orchestrator's CPU handing sagas and replies between threads (BENCHMARKS.md). A larger batch
+// scales out by shards (`--shard-count`, an Indexed Job), each its own process.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let settings: Result<OrchestratorSettings, _> = config::load("SAGA", cli.config.as_deref());
