@@ -233,7 +233,9 @@ macro_rules! unary {
         async fn $name(&self, $($arg: $ty),*) -> Result<$resource, Status> {
             let inject = false $(|| $inject)?;
             let request = self.request($message, inject);
-            resource(self.$client.clone().$rpc(request)).await
+            // Boxed: tonic's call future is kilobytes, and unboxed every future around it
+            // (retry, deadline, step, saga) held a copy's room and moved it as it went.
+            resource(Box::pin(self.$client.clone().$rpc(request))).await
         }
     )+};
 }

@@ -556,9 +556,12 @@ impl<P: Participants> Saga<'_, P> {
             saga.attempts = tracing::field::Empty,
         );
         let started = Instant::now();
-        let result = saga_common::telemetry::calls_traced_by_span(policy.run(call))
-            .instrument(span.clone())
-            .await;
+        // Boxed, so that the saga's own future stays small: a saga task was 19 KB, copied
+        // at every spawn and at every await of a nested step (memcpy, 12% of the orchestrator).
+        let result = Box::pin(
+            saga_common::telemetry::calls_traced_by_span(policy.run(call)).instrument(span.clone()),
+        )
+        .await;
         let (outcome, detail, attempts) = match &result {
             Ok((value, attempts)) => ("ok", value.state(), *attempts),
             Err(failed) => ("error", status_text(&failed.status), failed.attempts),
@@ -689,6 +692,24 @@ mod tests {
 
     async fn settle(fake: &FakeParticipants, order: &order::Order) -> SagaReport {
         saga(fake, &policy()).settle(order).await
+    }
+
+    /// A saga's future is copied whole when its task is spawned, and a nested step's at each
+    /// await: over gRPC a saga was 19 KB (memcpy, 12% of the orchestrator's CPU) until tonic's
+    /// call futures and the steps were boxed.
+    #[tokio::test]
+    async fn a_saga_over_grpc_is_a_small_future() {
+        let settings = crate::OrchestratorSettings::default();
+        let grpc = crate::grpc::GrpcParticipants::new(&settings).unwrap();
+        let saga = Saga {
+            participants: &grpc,
+            retry: &settings.retry,
+            compensation_retry: &settings.compensation_retry,
+            verify: true,
+        };
+        let plan = plan(Scenario::Success);
+        let size = std::mem::size_of_val(&saga.run(&plan));
+        assert!(size <= 8 * 1024, "a saga's future is {size} bytes");
     }
 
     fn steps(report: &SagaReport, compensation: bool) -> Vec<&'static str> {
