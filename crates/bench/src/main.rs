@@ -68,7 +68,7 @@ async fn round(
 }
 
 // One thread, as the orchestrator: the floor is the gRPC stack's best, and for a client that
-// is one thread (a multi-thread runtime doubled the client's CPU per call).
+// is one thread (on a multi-thread runtime the client spent 50–80% more CPU per call).
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
