@@ -16,9 +16,7 @@
 
 use std::io::IsTerminal;
 
-use opentelemetry::propagation::{
-    Extractor, Injector, TextMapCompositePropagator, TextMapPropagator,
-};
+use opentelemetry::propagation::TextMapCompositePropagator;
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::Resource;
@@ -34,6 +32,7 @@ pub mod exposition;
 mod grpc;
 mod logs;
 pub mod metrics;
+mod propagation;
 mod sampling;
 
 pub use grpc::{
@@ -42,6 +41,7 @@ pub use grpc::{
 };
 pub use logs::flush as flush_logs;
 pub use metrics::{RpcMetrics, RpcMetricsLayer, StatusCounter};
+pub use propagation::{extract, inject};
 pub(crate) use sampling::sampled;
 pub use sampling::{Root, root, start_root, unsampled};
 
@@ -265,7 +265,6 @@ pub fn init(service_name: &str) -> TelemetryGuard {
 /// As [`init`]; with `prometheus`, metrics are also kept for the Prometheus text exposition
 /// ([`TelemetryGuard::registry`], served by [`exposition::serve`]).
 pub fn init_with(service_name: &str, prometheus: bool) -> TelemetryGuard {
-    // For libraries that ask the global; ours use PROPAGATOR, which takes no lock.
     opentelemetry::global::set_text_map_propagator(propagator());
     let (provider, problem) = if export_configured() {
         match tracer_provider(service_name) {
@@ -344,46 +343,13 @@ pub fn current_trace_id() -> Option<String> {
         .then(|| span_context.trace_id().to_string())
 }
 
-/// W3C trace context and baggage.
+/// W3C trace context and baggage, for libraries that ask the global propagator; our calls use
+/// [`inject`] and [`extract`].
 fn propagator() -> TextMapCompositePropagator {
     TextMapCompositePropagator::new(vec![
         Box::new(TraceContextPropagator::new()),
         Box::new(BaggagePropagator::new()),
     ])
-}
-
-/// The propagator of every call: the global one sits behind a lock each call would take.
-static PROPAGATOR: std::sync::LazyLock<TextMapCompositePropagator> =
-    std::sync::LazyLock::new(propagator);
-
-/// Writes `context` into HTTP/2 request headers (`traceparent`, `tracestate`, `baggage`).
-pub fn inject(context: &Context, headers: &mut http::HeaderMap) {
-    struct HeaderInjector<'a>(&'a mut http::HeaderMap);
-    impl Injector for HeaderInjector<'_> {
-        fn set(&mut self, key: &str, value: String) {
-            if let (Ok(key), Ok(value)) = (
-                http::HeaderName::from_bytes(key.as_bytes()),
-                http::HeaderValue::try_from(value),
-            ) {
-                self.0.insert(key, value);
-            }
-        }
-    }
-    PROPAGATOR.inject_context(context, &mut HeaderInjector(headers));
-}
-
-/// Reads a trace context from HTTP/2 request headers.
-pub fn extract(headers: &http::HeaderMap) -> Context {
-    struct HeaderExtractor<'a>(&'a http::HeaderMap);
-    impl Extractor for HeaderExtractor<'_> {
-        fn get(&self, key: &str) -> Option<&str> {
-            self.0.get(key).and_then(|v| v.to_str().ok())
-        }
-        fn keys(&self) -> Vec<&str> {
-            self.0.keys().map(http::HeaderName::as_str).collect()
-        }
-    }
-    PROPAGATOR.extract(&HeaderExtractor(headers))
 }
 
 /// The context handed down in the `TRACEPARENT` (and `TRACESTATE`) environment variables, as a
