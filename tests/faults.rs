@@ -8,6 +8,7 @@ mod support;
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use saga_orchestrator::participants::{Participants, Target};
 use saga_orchestrator::{OrchestratorSettings, grpc::GrpcParticipants};
@@ -406,10 +407,19 @@ impl Services {
         services
     }
 
-    /// Restarts service `index` if it is no longer running (an injected crash).
-    async fn revive(&mut self, index: usize) -> bool {
-        let Ok(Some(status)) = self.procs[index].child.try_wait() else {
-            return false;
+    /// Restarts service `index` if it is no longer running (an injected crash). With
+    /// `crashing`, waits up to 10 s for the exit: the caller may see the connection drop before
+    /// the process is gone (its sockets close before its exit is reported).
+    async fn revive(&mut self, index: usize, crashing: bool) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            match self.procs[index].child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) if crashing && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                _ => return false,
+            }
         };
         assert_eq!(status.code(), Some(86), "{} died otherwise", NAMES[index].0);
         let process = self.spawn(index);
@@ -497,7 +507,9 @@ async fn every_step_fails_every_way_and_recover_settles_it() {
             .unwrap_or_default();
         let outcome = report["outcome"].as_str().unwrap_or("none").to_owned();
 
-        let crashed = services.revive(service_of(case.step)).await;
+        let crashed = services
+            .revive(service_of(case.step), case.kind == "crash")
+            .await;
         let recovered = services.orchestrator(&["recover", "--older-than", "0s"]);
         let audited = services.orchestrator(&["audit", "--older-than", "0s"]);
         let end = end_state(&participants, &saga_id).await;
