@@ -357,6 +357,7 @@ mod tests {
             }
         }
         let subscriber = tracing_subscriber::registry().with(Capture(Arc::clone(&captured)));
+        let _one = crate::telemetry::one_subscriber_at_a_time();
         tracing::subscriber::with_default(subscriber, || {
             let reason = "card \"declined\"";
             tracing::info!(payment_id = "p-1", amount_minor = 1250_i64, ok = false, ratio = f64::NAN, %reason, "payment declined");
@@ -379,6 +380,7 @@ mod tests {
         use tracing_subscriber::prelude::*;
         let subscriber = tracing_subscriber::registry()
             .with(JsonLogs { traced: false }.with_filter(EventsOnly("info".parse().unwrap())));
+        let _one = crate::telemetry::one_subscriber_at_a_time();
         tracing::subscriber::with_default(subscriber, || {
             assert!(tracing::info_span!("not wanted").is_disabled());
             assert!(tracing::enabled!(tracing::Level::INFO));

@@ -248,6 +248,7 @@ mod tests {
     }
 
     #[tokio::test]
+    #[expect(clippy::await_holding_lock, reason = "it orders tests, not tasks")]
     async fn nothing_is_traced_inside_unsampled() {
         use tracing_subscriber::prelude::*;
         #[derive(Default, Clone)]
@@ -267,6 +268,7 @@ mod tests {
         }
         let seen = Seen::default();
         let subscriber = tracing_subscriber::registry().with(seen.clone().with_filter(SampledOnly));
+        let _one = crate::telemetry::one_subscriber_at_a_time();
         let _default = tracing::subscriber::set_default(subscriber);
         let _traced = tracing::info_span!("traced");
         let off = context(TraceFlags::default());
