@@ -5,11 +5,11 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use opentelemetry::metrics::{BoundCounter, BoundHistogram, Counter, Histogram, Meter};
+use opentelemetry::metrics::{Counter, Histogram, Meter};
 use opentelemetry::{Key, KeyValue, Value};
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 
@@ -99,45 +99,25 @@ pub(crate) fn provider(
 }
 
 /// A counter of what happened to one kind of record, by `status` (`created`, `approved`, …).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct StatusCounter {
     counter: Counter<u64>,
-    /// The counter bound to each status met so far, in the order met: an `add` then hashes no
-    /// attributes into the SDK's map. Bound when first counted, so that a status never counted
-    /// exports no series, as before.
-    bound: [OnceLock<(&'static str, BoundCounter<u64>)>; STATUSES],
 }
-
-/// Statuses a [`StatusCounter`] binds; any more are counted unbound.
-const STATUSES: usize = 8;
 
 impl StatusCounter {
     pub fn new(name: &'static str, description: &'static str) -> Self {
-        Self::from_meter(&meter(), name, description)
-    }
-
-    fn from_meter(meter: &Meter, name: &'static str, description: &'static str) -> Self {
         Self {
-            counter: meter
+            counter: meter()
                 .u64_counter(name)
                 .with_description(description)
                 .build(),
-            bound: std::array::from_fn(|_| OnceLock::new()),
         }
     }
 
-    /// Counts one `status` event.
+    /// Counts one `status` event; the attribute is built from static strings: no allocation.
     pub fn add(&self, status: &'static str) {
-        let attributes = || [KeyValue::new(Key::from_static_str("status"), status)];
-        for slot in &self.bound {
-            let (bound_status, bound) =
-                slot.get_or_init(|| (status, self.counter.bind(&attributes())));
-            if *bound_status == status {
-                bound.add(1);
-                return;
-            }
-        }
-        self.counter.add(1, &attributes());
+        self.counter
+            .add(1, &[KeyValue::new(Key::from_static_str("status"), status)]);
     }
 }
 
@@ -149,40 +129,21 @@ const CODES: usize = 17;
 struct RpcAttributes {
     /// `package.Service/Method` → its index in `tables`.
     methods: HashMap<String, usize>,
-    /// Series by status code, one table per method; the last one is for paths the server
+    /// Attributes by status code, one table per method; the last one is for paths the server
     /// does not serve (`rpc.method` = `_OTHER`, as the conventions say), so that a caller cannot
     /// blow up the number of series by calling made-up methods.
-    tables: Vec<Vec<Series>>,
+    tables: Vec<Vec<[KeyValue; 4]>>,
 }
 
-/// One (method, status code) series of the call histogram.
-#[derive(Debug)]
-struct Series {
-    attributes: [KeyValue; 4],
-    /// The histogram bound to `attributes`, once the series has been recorded: a recording then
-    /// hashes nothing (115 ns unbound, 19 bound, measured alone). Bound lazily, so that a series
-    /// never recorded is not exported.
-    bound: OnceLock<BoundHistogram<f64>>,
-}
-
-impl Series {
-    fn record(&self, histogram: &Histogram<f64>, seconds: f64) {
-        self.bound
-            .get_or_init(|| histogram.bind(&self.attributes))
-            .record(seconds);
-    }
-}
-
-fn by_code(service: &Value, method: &Value) -> Vec<Series> {
+fn by_code(service: &Value, method: &Value) -> Vec<[KeyValue; 4]> {
     (0..CODES as i64)
-        .map(|code| Series {
-            attributes: [
+        .map(|code| {
+            [
                 KeyValue::new(Key::from_static_str("rpc.system"), "grpc"),
                 KeyValue::new(Key::from_static_str("rpc.service"), service.clone()),
                 KeyValue::new(Key::from_static_str("rpc.method"), method.clone()),
                 KeyValue::new(Key::from_static_str("rpc.grpc.status_code"), code),
-            ],
-            bound: OnceLock::new(),
+            ]
         })
         .collect()
 }
@@ -226,19 +187,20 @@ impl RpcAttributes {
             .unwrap_or(self.tables.len() - 1)
     }
 
-    /// The series of method `index` and status `code` (a code out of range counts as UNKNOWN).
-    fn series(&self, index: usize, code: i32) -> Option<&Series> {
+    fn attributes(&self, index: usize, code: i32) -> &[KeyValue] {
         let code = usize::try_from(code)
             .ok()
             .filter(|c| *c < CODES)
             .unwrap_or(2);
-        self.tables.get(index).and_then(|table| table.get(code))
+        self.tables
+            .get(index)
+            .and_then(|table| table.get(code))
+            .map_or(&[], |attributes| attributes.as_slice())
     }
 
     #[cfg(test)]
     fn get(&self, path: &str, code: i32) -> &[KeyValue] {
-        self.series(self.index(path), code)
-            .map_or(&[], |series| series.attributes.as_slice())
+        self.attributes(self.index(path), code)
     }
 }
 
@@ -341,9 +303,8 @@ where
                 Err(_) => tonic::Code::Unknown as i32,
             };
             let (histogram, table) = &*this.shared;
-            if let Some(series) = table.series(method, code) {
-                series.record(histogram, this.started.elapsed().as_secs_f64());
-            }
+            let attributes = table.attributes(method, code);
+            histogram.record(this.started.elapsed().as_secs_f64(), attributes);
         }
         Poll::Ready(result)
     }
@@ -352,70 +313,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opentelemetry::metrics::MeterProvider;
-
-    /// The Prometheus exposition of what `record` did with instruments of a fresh provider.
-    fn exposition(record: impl FnOnce(&Meter)) -> String {
-        let registry = prometheus::Registry::new();
-        let provider = provider(
-            opentelemetry_sdk::Resource::builder().build(),
-            Some(&registry),
-        )
-        .unwrap()
-        .unwrap();
-        record(&provider.meter(SCOPE));
-        let mut text = String::new();
-        prometheus::TextEncoder::new()
-            .encode_utf8(&registry.gather(), &mut text)
-            .unwrap();
-        text
-    }
-
-    #[test]
-    fn bound_series_count_as_unbound_ones_and_only_recorded_ones_are_exported() {
-        let text = exposition(|meter| {
-            let events = StatusCounter::from_meter(meter, "saga.things", "Things");
-            // More statuses than are bound: the rest are counted unbound.
-            let statuses = ["s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7", "s8", "s9"];
-            for (n, status) in statuses.iter().enumerate() {
-                for _ in 0..=n {
-                    events.add(status);
-                }
-            }
-            let histogram = meter
-                .f64_histogram("rpc.server.call.duration")
-                .with_unit("s")
-                .build();
-            let table =
-                RpcAttributes::new("order.v1.OrderService", saga_proto::FILE_DESCRIPTOR_SET);
-            let create = table.index("order.v1.OrderService/CreateOrder");
-            for code in [0, 0, 0, 5] {
-                table
-                    .series(create, code)
-                    .unwrap()
-                    .record(&histogram, 0.001);
-            }
-        });
-        for n in 0..10 {
-            let line = format!("saga_things_total{{status=\"s{n}\"}} {}", n + 1);
-            assert!(text.contains(&line), "{line} not in\n{text}");
-        }
-        let counts: Vec<&str> = text
-            .lines()
-            .filter(|line| line.starts_with("rpc_server_call_duration_seconds_count"))
-            .collect();
-        assert_eq!(counts.len(), 2, "only the two series recorded: {counts:?}");
-        assert!(
-            counts
-                .iter()
-                .any(|l| l.contains("rpc_grpc_status_code=\"0\"") && l.ends_with(" 3"))
-        );
-        assert!(
-            counts
-                .iter()
-                .any(|l| l.contains("rpc_grpc_status_code=\"5\"") && l.ends_with(" 1"))
-        );
-    }
 
     #[test]
     fn attributes_name_the_served_methods_and_nothing_else() {
