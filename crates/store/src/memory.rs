@@ -35,11 +35,13 @@ struct Inner<R> {
     by_key: HashTable<KeyEntry>,
 }
 
-/// A record's key, and its id.
+/// A record's key, and its id with the id's hash (a lookup by key then finds the record without
+/// hashing the id again).
 #[derive(Debug)]
 struct KeyEntry {
     hash: u64,
     key: Box<str>,
+    id_hash: u64,
     id: Box<str>,
 }
 
@@ -76,9 +78,7 @@ impl<R: Record> Inner<R> {
             .by_key
             .find(self.hash(key), |entry| &*entry.key == key)?;
         self.by_id
-            .find(self.hash(&entry.id), |(_, record)| {
-                record.id() == &*entry.id
-            })
+            .find(entry.id_hash, |(_, record)| record.id() == &*entry.id)
             .map(|(_, record)| record.as_ref())
     }
 
@@ -89,6 +89,7 @@ impl<R: Record> Inner<R> {
         let entry = KeyEntry {
             hash: key_hash,
             key: record.key().into(),
+            id_hash,
             id: record.id().into(),
         };
         self.by_key

@@ -8,8 +8,9 @@
 //! as literals again: in a profile of the orchestrator with every saga unsampled, HPACK's table
 //! lookups (and the `memcmp` under them) were 3.8% of its samples, 1.0% with traces off. So
 //! `traceparent` is sent never indexed (RFC 7541 §6.2.3: a value that would only churn the
-//! table), written into a fixed buffer, and an empty `tracestate` is not sent. Reading is as strict as the W3C format: a version-00 header is
-//! exactly 55 characters of lowercase hex and dashes; the SDK accepted some malformed ones.
+//! table), written into a fixed buffer, and an empty `tracestate` is not sent. Reading is as
+//! strict as the W3C format: a version-00 header is exactly 55 characters of lowercase hex and
+//! dashes; the SDK accepted some malformed ones.
 use std::str::FromStr;
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
