@@ -8,14 +8,14 @@ mod support;
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use saga_orchestrator::participants::{Participants, Target};
 use saga_orchestrator::{OrchestratorSettings, grpc::GrpcParticipants};
 use saga_proto::order::v1::OrderStatus;
 use saga_proto::payment::v1::PaymentStatus;
 use saga_proto::shipping::v1::ShipmentStatus;
-use support::{Process, binary, temp_dir};
+use support::{Process, binary, eventually, temp_dir};
 
 /// Where each step runs, for the crash cases.
 fn service_of(step: &str) -> usize {
@@ -411,15 +411,17 @@ impl Services {
     /// `crashing`, waits up to 10 s for the exit: the caller may see the connection drop before
     /// the process is gone (its sockets close before its exit is reported).
     async fn revive(&mut self, index: usize, crashing: bool) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let status = loop {
-            match self.procs[index].child.try_wait() {
-                Ok(Some(status)) => break status,
-                Ok(None) if crashing && Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                _ => return false,
-            }
+        if crashing {
+            let child = &mut self.procs[index].child;
+            eventually(Duration::from_secs(10), || {
+                let exited = matches!(child.try_wait(), Ok(Some(_)));
+                async move { exited }
+            })
+            .await;
+        }
+        // `try_wait` keeps the status of a child it has reaped.
+        let Ok(Some(status)) = self.procs[index].child.try_wait() else {
+            return false;
         };
         assert_eq!(status.code(), Some(86), "{} died otherwise", NAMES[index].0);
         let process = self.spawn(index);
